@@ -1,0 +1,25 @@
+"""zarr arrays built from metadata held in memory: no store read to open.
+
+zarr 3 has no public constructor for an array whose metadata the caller
+already has; ``AsyncArray(metadata, store_path)`` is the internal one that
+``zarr.open_array`` itself ends in. pyproject pins zarr to the tested minor
+range and tests/test_arrays.py checks the result against ``zarr.open_array``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import zarr
+from zarr.core.array import AsyncArray, parse_array_metadata
+from zarr.storage import LocalStore, StorePath
+
+
+def local_store(root: Path, *, read_only: bool) -> LocalStore:
+    return LocalStore(root, read_only=read_only)
+
+
+def array_from_metadata(store: LocalStore, path: str, metadata: dict[str, Any]) -> zarr.Array:
+    parsed = parse_array_metadata(metadata)
+    return zarr.Array(AsyncArray(parsed, StorePath(store, path)))

@@ -1,0 +1,220 @@
+"""Build-time validation of NGFF plate metadata with pydantic.
+
+This is the only module that imports pydantic, and only the builder imports
+it: the open path never pays for validation. Each function returns a list of
+:class:`~snapmeta.errors.Problem` (empty when valid) so the builder can
+report every problem of a plate at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import Problem
+
+
+class _Model(BaseModel):
+    # NGFF allows extra keys everywhere; they stay in the node's attributes.
+    model_config = ConfigDict(extra="allow")
+
+
+class _Named(_Model):
+    name: str
+
+
+class _Acquisition(_Model):
+    id: Annotated[int, Field(ge=0)]
+    name: str | None = None
+    maximumfieldcount: Annotated[int, Field(gt=0)] | None = None
+    description: str | None = None
+    starttime: Annotated[int, Field(ge=0)] | None = None
+    endtime: Annotated[int, Field(ge=0)] | None = None
+
+
+class _WellRef(_Model):
+    path: str
+    rowIndex: Annotated[int, Field(ge=0)]
+    columnIndex: Annotated[int, Field(ge=0)]
+
+
+class _Plate(_Model):
+    rows: Annotated[list[_Named], Field(min_length=1)]
+    columns: Annotated[list[_Named], Field(min_length=1)]
+    wells: Annotated[list[_WellRef], Field(min_length=1)]
+    acquisitions: list[_Acquisition] | None = None
+    field_count: Annotated[int, Field(gt=0)] | None = None
+    name: str | None = None
+    version: str | None = None
+
+
+class _Image(_Model):
+    path: str
+    acquisition: int | None = None
+
+
+class _Well(_Model):
+    images: Annotated[list[_Image], Field(min_length=1)]
+    version: str | None = None
+
+
+class _Axis(_Model):
+    name: str
+    type: str | None = None
+    unit: str | None = None
+
+
+class _Scale(_Model):
+    type: Literal["scale"]
+    scale: Annotated[list[float], Field(min_length=1)]
+
+
+class _Translation(_Model):
+    type: Literal["translation"]
+    translation: Annotated[list[float], Field(min_length=1)]
+
+
+_Transform = Annotated[_Scale | _Translation, Field(discriminator="type")]
+
+
+class _Dataset(_Model):
+    path: str
+    coordinateTransformations: Annotated[list[_Transform], Field(min_length=1, max_length=2)]
+
+
+class _Multiscale(_Model):
+    axes: Annotated[list[_Axis], Field(min_length=2, max_length=5)]
+    datasets: Annotated[list[_Dataset], Field(min_length=1)]
+    coordinateTransformations: Annotated[list[_Transform], Field(max_length=2)] | None = None
+    name: str | None = None
+    version: str | None = None
+
+
+class _Channel(_Model):
+    label: str | None = None
+
+
+class _Omero(_Model):
+    channels: list[_Channel]
+
+
+class _ImageGroup(_Model):
+    multiscales: Annotated[list[_Multiscale], Field(min_length=1)]
+    omero: _Omero | None = None
+
+
+def _location(prefix: str, loc: Sequence[int | str], tags: frozenset[str]) -> str:
+    out = prefix
+    after_index = False
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            after_index = True
+            continue
+        if after_index and part in tags:
+            # a discriminated union puts its tag into the path; the index says enough
+            after_index = False
+            continue
+        out += f".{part}" if out else str(part)
+        after_index = False
+    return out
+
+
+_TAGS = frozenset({"scale", "translation"})
+
+
+def _problems(document: str, prefix: str, model: type[BaseModel], value: Any) -> list[Problem]:
+    try:
+        model.model_validate(value)
+    except ValidationError as exc:
+        return [
+            Problem(document, _location(prefix, err["loc"], _TAGS), err["msg"]) for err in exc.errors()
+        ]
+    return []
+
+
+def validate_plate(document: str, plate: Any) -> list[Problem]:
+    problems = _problems(document, "plate", _Plate, plate)
+    if problems:
+        return problems
+    rows = [r["name"] for r in plate["rows"]]
+    columns = [c["name"] for c in plate["columns"]]
+    seen: set[str] = set()
+    for i, well in enumerate(plate["wells"]):
+        where = f"plate.wells[{i}]"
+        path = well["path"]
+        if path in seen:
+            problems.append(Problem(document, f"{where}.path", f"duplicate well {path!r}"))
+        seen.add(path)
+        r, c = well["rowIndex"], well["columnIndex"]
+        if r >= len(rows):
+            problems.append(Problem(document, f"{where}.rowIndex", f"{r} is outside the {len(rows)} declared rows"))
+        if c >= len(columns):
+            problems.append(Problem(document, f"{where}.columnIndex", f"{c} is outside the {len(columns)} declared columns"))
+        if r < len(rows) and c < len(columns) and path != f"{rows[r]}/{columns[c]}":
+            problems.append(
+                Problem(document, f"{where}.path", f"{path!r} does not match row {rows[r]!r} and column {columns[c]!r}")
+            )
+    for kind, names in (("rows", rows), ("columns", columns)):
+        if len(set(names)) != len(names):
+            problems.append(Problem(document, f"plate.{kind}", "names are not unique"))
+    return problems
+
+
+def validate_well(document: str, well: Any) -> list[Problem]:
+    problems = _problems(document, "well", _Well, well)
+    if not problems:
+        paths = [image["path"] for image in well["images"]]
+        if len(set(paths)) != len(paths):
+            problems.append(Problem(document, "well.images", "image paths are not unique"))
+    return problems
+
+
+def validate_image(document: str, ome: Any) -> list[Problem]:
+    problems = _problems(document, "", _ImageGroup, ome)
+    if problems:
+        return problems
+    ms = ome["multiscales"][0]
+    ndim = len(ms["axes"])
+    names = [a["name"] for a in ms["axes"]]
+    if len(set(names)) != ndim:
+        problems.append(Problem(document, "multiscales[0].axes", "axis names are not unique"))
+    for i, dataset in enumerate(ms["datasets"]):
+        for j, transform in enumerate(dataset["coordinateTransformations"]):
+            values = transform.get(transform["type"])
+            if len(values) != ndim:
+                problems.append(
+                    Problem(
+                        document,
+                        f"multiscales[0].datasets[{i}].coordinateTransformations[{j}].{transform['type']}",
+                        f"has {len(values)} values for {ndim} axes",
+                    )
+                )
+        if dataset["coordinateTransformations"][0]["type"] != "scale":
+            problems.append(
+                Problem(document, f"multiscales[0].datasets[{i}].coordinateTransformations[0]", "must be a scale")
+            )
+    paths = [d["path"] for d in ms["datasets"]]
+    if len(set(paths)) != len(paths):
+        problems.append(Problem(document, "multiscales[0].datasets", "dataset paths are not unique"))
+    return problems
+
+
+def validate_array(document: str, meta: dict[str, Any], ndim: int, channels: int | None, c_axis: int | None) -> list[Problem]:
+    """Check an array document with zarr's own parser and against the axes."""
+    from zarr.core.array import parse_array_metadata
+
+    problems = []
+    try:
+        parsed = parse_array_metadata(dict(meta))
+    except Exception as exc:  # zarr raises many types for bad metadata
+        return [Problem(document, "", f"zarr cannot read this array metadata: {exc}")]
+    if len(parsed.shape) != ndim:
+        problems.append(Problem(document, "shape", f"has {len(parsed.shape)} dimensions but the image has {ndim} axes"))
+    elif channels is not None and c_axis is not None and parsed.shape[c_axis] != channels:
+        problems.append(
+            Problem(document, "shape", f"channel axis has length {parsed.shape[c_axis]} but omero lists {channels} channels")
+        )
+    return problems

@@ -13,6 +13,7 @@ from typing import Any
 
 import zarr
 from zarr.core.array import AsyncArray, parse_array_metadata
+from zarr.core.metadata import ArrayMetadata
 from zarr.storage import LocalStore, StorePath
 
 
@@ -20,6 +21,10 @@ def local_store(root: Path, *, read_only: bool) -> LocalStore:
     return LocalStore(root, read_only=read_only)
 
 
-def array_from_metadata(store: LocalStore, path: str, metadata: dict[str, Any]) -> zarr.Array:
-    parsed = parse_array_metadata(metadata)
-    return zarr.Array(AsyncArray(parsed, StorePath(store, path)))
+def parse_metadata(document: dict[str, Any]) -> ArrayMetadata:
+    """zarr's own parse of an array document (``.zarray`` or ``zarr.json``)."""
+    return parse_array_metadata(document)
+
+
+def array_from_metadata(store: LocalStore, path: str, metadata: ArrayMetadata) -> zarr.Array:
+    return zarr.Array(AsyncArray(metadata, StorePath(store, path)))

@@ -408,6 +408,12 @@ class SnapshotFile:
             self.position_count = int(meta[META_PREFIX + "position_count"])
             self.well_count = int(meta[META_PREFIX + "well_count"])
             self.root_attributes_blob = int(meta[META_PREFIX + "root_attributes"])
+            self.root_fingerprint = {
+                "path": meta[META_PREFIX + "root_document"],
+                "size": int(meta[META_PREFIX + "root_size"]),
+                "mtime_ns": int(meta[META_PREFIX + "root_mtime_ns"]),
+                "digest": bytes.fromhex(meta[META_PREFIX + "root_digest"]),
+            }
         except (KeyError, ValueError) as exc:
             raise _corrupt(path, f"schema metadata: {exc}") from exc
         positions = batch.column("positions").values

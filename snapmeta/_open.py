@@ -16,14 +16,14 @@ import os
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import zarr
 
 from . import _format, _freshness, _ngff
-from ._arrays import array_from_metadata, local_store
+from ._arrays import array_from_metadata, local_store, parse_metadata
 from ._freshness import Check
 from .errors import (
     ChannelNotFoundError,
@@ -83,7 +83,10 @@ class ArrayInfo:
 class _Mapped:
     identity: tuple[int, int, int, int]
     snapshot: _format.SnapshotFile
-    stores: dict[bool, Any]
+    stores: dict[bool, Any] = field(default_factory=dict)
+    # Parsed zarr metadata per blob: positions of a plate share a handful of
+    # array documents, and zarr's parser costs more than the rest of an open.
+    arrays: dict[int, Any] = field(default_factory=dict)
 
 
 _cache: dict[str, _Mapped] = {}
@@ -107,7 +110,7 @@ def _mapped(root: Path) -> _Mapped:
         if entry is None or entry.identity != identity:
             # The old mapping stays valid for handles that hold it: os.replace
             # gave the new snapshot a new inode.
-            entry = _Mapped(identity, _format.open_file(path), {})
+            entry = _Mapped(identity, _format.open_file(path))
             _cache[key] = entry
     return entry
 
@@ -118,10 +121,8 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _store_for(entry: _Mapped | None, root: Path, mode: Mode) -> Any:
+def _store_for(entry: _Mapped, root: Path, mode: Mode) -> Any:
     read_only = mode == "r"
-    if entry is None:
-        return local_store(root, read_only=read_only)
     store = entry.stores.get(read_only)
     if store is None:
         store = entry.stores[read_only] = local_store(root, read_only=read_only)
@@ -153,25 +154,26 @@ class Position:
     receiving process maps the snapshot itself.
     """
 
-    __slots__ = ("_attrs", "_mode", "_options", "_record", "_root", "_snapshot", "_store")
+    __slots__ = ("_attrs", "_checked", "_entry", "_mode", "_options", "_record", "_root")
 
     def __init__(
         self,
         root: Path,
         record: dict[str, Any],
         *,
-        snapshot: _format.SnapshotFile | None,
-        store: Any,
+        entry: _Mapped,
+        from_snapshot: bool,
         mode: Mode,
         options: tuple[Check, OnStale],
     ) -> None:
         self._root = root
         self._record = record
-        self._snapshot = snapshot
-        self._store = store
+        self._entry = entry
         self._mode = mode
         self._options = options
         self._attrs: dict[str, Any] | None = None
+        # Levels whose array documents were checked (or read from JSON).
+        self._checked: set[int] | None = set() if from_snapshot else None
 
     def __reduce__(self) -> tuple[Any, ...]:
         check, on_stale = self._options
@@ -292,18 +294,39 @@ class Position:
 
     def _blob(self, ref: int | bytes | None) -> bytes | None:
         if isinstance(ref, int):
-            if ref < 0:
-                return None
-            assert self._snapshot is not None
-            return self._snapshot.blob(ref)
+            return None if ref < 0 else self._entry.snapshot.blob(ref)
         return ref
 
     def __getitem__(self, level: str | int) -> zarr.Array:
         """The zarr array of one level, opened from the snapshot's metadata."""
         i = self._level_index(level)
-        raw = self._blob(self._record["array_metadata"][i])
-        assert raw is not None
-        return array_from_metadata(self._store, f"{self.path}/{self._record['levels'][i]}", _format.unpack(raw))
+        record = self._record
+        path = f"{record['path']}/{record['levels'][i]}"
+        if self._checked is not None and i not in self._checked:
+            self._check_level(i)
+        if self._checked is None:
+            # served from JSON: the record holds the array document itself
+            metadata = parse_metadata(_format.unpack(record["array_metadata"][i]))
+        else:
+            ref = record["array_metadata"][i]
+            metadata = self._entry.arrays.get(ref)
+            if metadata is None:
+                metadata = parse_metadata(_format.unpack(self._entry.snapshot.blob(ref)))
+                self._entry.arrays[ref] = metadata
+        return array_from_metadata(_store_for(self._entry, self._root, self._mode), path, metadata)
+
+    def _check_level(self, i: int) -> None:
+        # Array documents are checked when their level is first opened: most
+        # workers touch level 0 only.
+        docs = [d for d in self._record["documents"] if d["path"].startswith(f"{self.path}/{self._record['levels'][i]}/")]
+        changed = _freshness.changed_documents(self._root, docs, self._options[0])
+        if changed:
+            _stale(self._root, changed, self._options[1], f"{self.path} is read from its JSON documents")
+            self._record = _JsonPlate(self._root, self.zarr_format).position(self.path, None)
+            self._checked = None
+            return
+        assert self._checked is not None
+        self._checked.add(i)
 
     @property
     def data(self) -> zarr.Array:
@@ -368,7 +391,7 @@ class Plate:
     once per ``Plate``, since they depend on all of them.
     """
 
-    __slots__ = ("_json", "_mode", "_on_stale", "_check", "_entry", "_root", "_snapshot", "_structure_checked")
+    __slots__ = ("_check", "_entry", "_json", "_mode", "_on_stale", "_root", "_structure_checked")
 
     def __init__(self, root: Path, *, mode: Mode, check: Check, on_stale: OnStale) -> None:
         self._root = root
@@ -376,22 +399,14 @@ class Plate:
         self._check = check
         self._on_stale = on_stale
         self._entry = _mapped(root)
-        self._snapshot: _format.SnapshotFile | None = self._entry.snapshot
         self._json: _JsonPlate | None = None
         self._structure_checked = False
-        snap = self._entry.snapshot
-        root_fp = {
-            "path": snap.get_meta("root_document"),
-            "size": int(snap.get_meta("root_size") or -1),
-            "mtime_ns": int(snap.get_meta("root_mtime_ns") or 0),
-            "digest": bytes.fromhex(snap.get_meta("root_digest") or ""),
-        }
+        root_fp = self._entry.snapshot.root_fingerprint
         if _freshness.document_changed(root, root_fp, check):
             _stale(root, [root_fp["path"]], on_stale, "the plate is read from its JSON documents")
             self._use_json()
 
     def _use_json(self) -> None:
-        self._snapshot = None
         self._json = _JsonPlate(self._root, int(self._entry.snapshot.get_meta("zarr_format") or 2))
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -529,23 +544,23 @@ class Plate:
             yield path, self[path]
 
     def __getitem__(self, key: str) -> Position:
-        record, snapshot = self._resolve(key)
+        record, from_snapshot = self._resolve(key)
         return Position(
             self._root,
             record,
-            snapshot=snapshot,
-            store=_store_for(self._entry, self._root, self._mode),
+            entry=self._entry,
+            from_snapshot=from_snapshot,
             mode=self._mode,
             options=(self._check, self._on_stale),
         )
 
-    def _resolve(self, key: str) -> tuple[dict[str, Any], _format.SnapshotFile | None]:
+    def _resolve(self, key: str) -> tuple[dict[str, Any], bool]:
         """The record of position ``key``, from the snapshot if still fresh."""
         if not isinstance(key, str):
             raise TypeError(f"position paths are strings like 'B/3/0', not {type(key).__name__}")
         key = key.strip("/")
         if self._json is not None:
-            return self._json.position(key, self), None
+            return self._json.position(key, self), False
         snap = self._entry.snapshot
         target = snap.find(key)
         if target is None or target < 0:
@@ -556,17 +571,16 @@ class Plate:
                 changed = _freshness.changed_documents(self._root, well["documents"], self._check)
                 if changed:
                     _stale(self._root, changed, self._on_stale, f"{key} is read from its JSON documents")
-                    return _JsonPlate(self._root, self.zarr_format).position(key, self), None
+                    return _JsonPlate(self._root, self.zarr_format).position(key, self), False
             raise self._not_found(key)
         record = snap.position(target)
-        well = snap.well(record["well_index"])
-        changed = _freshness.changed_documents(
-            self._root, [*well["documents"], *record["documents"]], self._check
-        )
+        # The group document here; array documents when their level is opened.
+        # A deleted position fails this stat, so the well need not be checked.
+        changed = _freshness.changed_documents(self._root, record["documents"][:1], self._check)
         if changed:
             _stale(self._root, changed, self._on_stale, f"{key} is read from its JSON documents")
-            return _JsonPlate(self._root, self.zarr_format).position(key, self), None
-        return record, snap
+            return _JsonPlate(self._root, self.zarr_format).position(key, self), False
+        return record, True
 
     def _not_found(self, key: str) -> PositionNotFoundError:
         candidates = self._paths() if len(self) <= 100_000 else []
@@ -619,12 +633,12 @@ class _JsonPlate:
             f"{w['path']}/{field}" for w in self.plate.get("wells", []) for field, _ in self._images(w["path"])
         ]
 
-    def position(self, key: str, plate: Plate) -> dict[str, Any]:
+    def position(self, key: str, plate: Plate | None) -> dict[str, Any]:
         wells = [w["path"] for w in self.plate.get("wells", [])]
         well, _, field = key.rpartition("/")
         images = dict(self._images(well)) if well in wells else {}
         if field not in images:
-            raise plate._not_found(key) if plate._json is self else PositionNotFoundError(
+            raise plate._not_found(key) if plate is not None and plate._json is self else PositionNotFoundError(
                 f"no position {key!r} in plate {self.root}", store=str(self.root), key=key, suggestions=()
             )
         try:

@@ -84,13 +84,7 @@ def verify(store: str | os.PathLike[str], *, reread: bool = True, progress: Any 
         if snap.find(target) is None:
             report.problems.append(f"lookup: {target!r} cannot be found")
     fingerprints = [d for r in records + wells for d in r["documents"]]
-    root_fp = {
-        "path": snap.get_meta("root_document"),
-        "size": int(snap.get_meta("root_size") or -1),
-        "mtime_ns": 0,
-        "digest": bytes.fromhex(snap.get_meta("root_digest") or ""),
-    }
-    fingerprints.append(root_fp)
+    fingerprints.append(snap.root_fingerprint)
     report.documents = len(fingerprints)
     for path in changed_documents(root, fingerprints, "digest"):
         report.problems.append(f"stale: {path} changed since the snapshot was built")

@@ -1,0 +1,66 @@
+"""Shared fixtures: plates on disk written by real writers and by the generator."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from snapmeta._open import clear_cache  # noqa: E402
+
+SLOW = bool(os.environ.get("SNAPMETA_SLOW"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_cache():
+    # Each test sees the store as a new worker process would.
+    clear_cache()
+    yield
+    clear_cache()
+
+
+def node_attributes(store: Path, node: str, zarr_format: int) -> dict[str, Any]:
+    """A node's attributes read straight from its JSON document (ground truth)."""
+    base = store / node if node else store
+    if zarr_format == 3:
+        return json.loads((base / "zarr.json").read_text()).get("attributes", {})
+    path = base / ".zattrs"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equality that treats NaN as equal to itself, as JSON text does."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+@pytest.fixture(scope="session")
+def plate_96(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """8x12x1 generated plates with data, both NGFF versions, snapshots built."""
+    from snapmeta import build_snapshot
+    from snapmeta._plategen import write_plate
+
+    out = {}
+    for ngff in ("0.4", "0.5"):
+        path = tmp_path_factory.mktemp(f"plate96-{ngff}") / "plate.ome.zarr"
+        write_plate(path, rows=8, columns=12, fields=1, ngff=ngff, levels=2, data="fill")
+        build_snapshot(path)
+        out[ngff] = path
+    return out
+
+
+@pytest.fixture(scope="session")
+def plate_7035(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """35x201 single-field wells (the reported regression's layout), metadata only."""
+    from snapmeta import build_snapshot
+    from snapmeta._plategen import write_plate
+
+    path = tmp_path_factory.mktemp("plate7035") / "plate.ome.zarr"
+    write_plate(path, rows=35, columns=201, fields=1, ngff="0.4", shape=(1, 2, 1, 32, 32), data="none")
+    build_snapshot(path)
+    return path

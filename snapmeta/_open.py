@@ -300,10 +300,10 @@ class Position:
     def __getitem__(self, level: str | int) -> zarr.Array:
         """The zarr array of one level, opened from the snapshot's metadata."""
         i = self._level_index(level)
-        record = self._record
-        path = f"{record['path']}/{record['levels'][i]}"
         if self._checked is not None and i not in self._checked:
             self._check_level(i)
+        record = self._record  # the check may have replaced it with a JSON read
+        path = f"{record['path']}/{record['levels'][i]}"
         if self._checked is None:
             # served from JSON: the record holds the array document itself
             metadata = parse_metadata(_format.unpack(record["array_metadata"][i]))

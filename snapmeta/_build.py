@@ -119,8 +119,18 @@ def _read_position(
         source = _ngff.read_position(root, path, zarr_format)
     except NgffReadError as exc:
         if exc.message == "document is missing":
-            what = "position" if exc.document == _ngff.group_documents(path, zarr_format)[0] else "array"
-            return [Problem(exc.document, "", f"{what} of {path!r} is listed in the metadata but missing on disk")], None
+            what = (
+                "position"
+                if exc.document == _ngff.group_documents(path, zarr_format)[0]
+                else "array"
+            )
+            return [
+                Problem(
+                    exc.document,
+                    "",
+                    f"{what} of {path!r} is listed in the metadata but missing on disk",
+                )
+            ], None
         return [_as_problem(exc)], None
     ome = _ngff.ome_of(source.attributes, zarr_format)
     doc = source.group.path
@@ -175,7 +185,9 @@ def collect_content(
     from . import _validate  # pydantic is imported here, never on the open path
 
     if not root.is_dir():
-        raise NotAPlateError(f"{root} does not exist or is not a directory", store=str(root), document=None)
+        raise NotAPlateError(
+            f"{root} does not exist or is not a directory", store=str(root), document=None
+        )
     zarr_format = _ngff.detect_zarr_format(root)
     if zarr_format is None:
         raise NotAPlateError(
@@ -206,29 +218,41 @@ def collect_content(
     with ThreadPoolExecutor(n_workers, thread_name_prefix="snapmeta-build") as pool:
         well_docs = _map(
             pool,
-            lambda ref: _ngff.read_document(root, _ngff.group_documents(ref["path"], zarr_format)[0]),
+            lambda ref: _ngff.read_document(
+                root, _ngff.group_documents(ref["path"], zarr_format)[0]
+            ),
             well_refs,
             "wells",
             progress,
         )
         wells: list[dict[str, Any]] = []
         jobs: list[tuple[str, str, str, int, int | None]] = []
-        for index, (ref, doc) in enumerate(zip(well_refs, well_docs, strict=True)):
+        for ref, doc in zip(well_refs, well_docs, strict=True):
             if doc.data is None:
-                problems.append(Problem(doc.path, "", f"well {ref['path']!r} is listed in the plate but missing on disk"))
+                problems.append(
+                    Problem(
+                        doc.path,
+                        "",
+                        f"well {ref['path']!r} is listed in the plate but missing on disk",
+                    )
+                )
                 continue
             try:
                 well_attrs, images = _ngff.well_images(doc, zarr_format)
             except NgffReadError as exc:
                 problems.append(_as_problem(exc))
                 continue
-            found = _validate.validate_well(doc.path, _ngff.ome_of(well_attrs, zarr_format).get("well"))
+            found = _validate.validate_well(
+                doc.path, _ngff.ome_of(well_attrs, zarr_format).get("well")
+            )
             if found:
                 problems.extend(found)
                 continue
             first = len(jobs)
             for field, acquisition in images:
-                jobs.append((_ngff.join(ref["path"], field), ref["path"], field, len(wells), acquisition))
+                jobs.append(
+                    (_ngff.join(ref["path"], field), ref["path"], field, len(wells), acquisition)
+                )
             encoded = _ngff.encode_attributes(well_attrs)
             wells.append(
                 {

@@ -28,7 +28,9 @@ class _Progress:
         width = 30
         filled = width * done // max(total, 1)
         elapsed = time.perf_counter() - self.start
-        sys.stderr.write(f"\r{stage:>9} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:6.1f}s")
+        sys.stderr.write(
+            f"\r{stage:>9} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:6.1f}s"
+        )
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -39,7 +41,7 @@ class _Progress:
 def _build(args: argparse.Namespace) -> int:
     from ._build import build_snapshot
 
-    show = not args.quiet and sys.stderr.isatty() or args.progress
+    show = (not args.quiet and sys.stderr.isatty()) or args.progress
     progress = _Progress(show)
     start = time.perf_counter()
     try:
@@ -59,14 +61,23 @@ def _info(args: argparse.Namespace) -> int:
     print(f"plate        {plate.name or '(unnamed)'}")
     print(f"store        {plate.store}")
     print(f"ngff         {plate.version} (zarr format {plate.zarr_format})")
-    print(f"layout       {len(plate.rows)} rows x {len(plate.columns)} columns, {len(plate.wells)} wells, {len(plate)} positions")
+    print(
+        f"layout       {len(plate.rows)} rows x {len(plate.columns)} columns, "
+        f"{len(plate.wells)} wells, {len(plate)} positions"
+    )
     print(f"field_count  {plate.field_count}")
-    acq = ", ".join(str(a.id) + (f" ({a.name})" if a.name else "") for a in plate.acquisitions) or "(none)"
+    acq = (
+        ", ".join(str(a.id) + (f" ({a.name})" if a.name else "") for a in plate.acquisitions)
+        or "(none)"
+    )
     print(f"acquisitions {acq}")
     for path in plate:
         pos = plate[path]
-        print(f"first        {path}: channels {', '.join(pos.channel_names)}; axes {''.join(pos.axis_names)}; "
-              f"shape {pos.shape} {pos.dtype}; levels {len(pos.levels)}; scale {pos.scale}")
+        print(
+            f"first        {path}: channels {', '.join(pos.channel_names)}; "
+            f"axes {''.join(pos.axis_names)}; "
+            f"shape {pos.shape} {pos.dtype}; levels {len(pos.levels)}; scale {pos.scale}"
+        )
         break
     print(f"snapshot     {snap} ({snap.stat().st_size / 1024:.1f} KiB)")
     return 0
@@ -99,16 +110,24 @@ def _verify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(Path(args.dir), rows=args.rows, columns=args.columns, fields=args.fields, ngff=args.ngff)
+    return run_demo(
+        Path(args.dir), rows=args.rows, columns=args.columns, fields=args.fields, ngff=args.ngff
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snapmeta", description="Metadata snapshots for HCS OME-Zarr plates.")
+    p = argparse.ArgumentParser(
+        prog="snapmeta", description="Metadata snapshots for HCS OME-Zarr plates."
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="read and validate the plate's metadata and write its snapshot")
+    b = sub.add_parser(
+        "build", help="read and validate the plate's metadata and write its snapshot"
+    )
     b.add_argument("store")
     b.add_argument("--workers", type=int, default=None, help="threads reading documents")
-    b.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    b.add_argument(
+        "--progress", action="store_true", help="show progress even when stderr is not a terminal"
+    )
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(run=_build)
     i = sub.add_parser("info", help="summary of a plate")

@@ -39,19 +39,28 @@ def run_demo(
         print(f"snapmeta demo: {store} already exists; choose an empty directory", file=sys.stderr)
         return 1
     n = rows * columns * fields
-    print(f"writing a {rows}x{columns} plate with {fields} field(s) per well (NGFF {ngff}) to {store}")
+    print(
+        f"writing a {rows}x{columns} plate with {fields} field(s) per well (NGFF {ngff}) to {store}"
+    )
     start = time.perf_counter()
-    write_plate(store, rows=rows, columns=columns, fields=fields, ngff=ngff, levels=2, data="random")
+    write_plate(
+        store, rows=rows, columns=columns, fields=fields, ngff=ngff, levels=2, data="random"
+    )
     print(f"  {n} positions written in {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
     snapshot = build_snapshot(store)
-    print(f"built {snapshot.name} ({snapshot.stat().st_size / 1024:.0f} KiB) in {time.perf_counter() - start:.2f} s")
+    print(
+        f"built {snapshot.name} ({snapshot.stat().st_size / 1024:.0f} KiB) "
+        f"in {time.perf_counter() - start:.2f} s"
+    )
 
     paths = list(open_plate(store))
     sample = paths[:: max(1, len(paths) // 48)]
     pos = open_position(store, paths[0])
-    print(f"\n{pos.path}: channels {', '.join(pos.channel_names)}, axes {''.join(pos.axis_names)}, "
-          f"shape {pos.shape}, scale {pos.scale}")
+    print(
+        f"\n{pos.path}: channels {', '.join(pos.channel_names)}, axes {''.join(pos.axis_names)}, "
+        f"shape {pos.shape}, scale {pos.scale}"
+    )
 
     def snap(path: str) -> Any:
         return open_position(store, path)["0"]
@@ -82,4 +91,3 @@ def run_demo(
     print(f"\nread {paths[0]}/0: {data.shape} {data.dtype}, mean {float(data.mean()):.1f}")
     print(f"\nnext: snapmeta info {store}   |   snapmeta ls {store}   |   snapmeta verify {store}")
     return 0
-

@@ -361,7 +361,9 @@ class _Binary:
         start = int(self.offsets[index])
         end = int(self.offsets[index + 1])
         if not 0 <= start <= end <= len(self.data):
-            raise _corrupt(path, f"{section}[{index}]: record offsets out of bounds", section, index)
+            raise _corrupt(
+                path, f"{section}[{index}]: record offsets out of bounds", section, index
+            )
         return self.data[start:end]
 
 
@@ -465,7 +467,9 @@ class SnapshotFile:
         try:
             return unpack(data)
         except Exception as exc:  # any msgpack failure here means damage
-            raise _corrupt(self.path, f"{section}[{index}]: undecodable record", section, index) from exc
+            raise _corrupt(
+                self.path, f"{section}[{index}]: undecodable record", section, index
+            ) from exc
 
     def position(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.position_count:
@@ -562,7 +566,10 @@ def open_file(path: str | os.PathLike[str]) -> SnapshotFile:
         schema = reader.schema
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError, ValueError) as exc:
         raise _corrupt(path, f"not an Arrow IPC file ({exc})") from exc
-    meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (schema.metadata or {}).items()}
+    meta = {
+        k.decode(errors="replace"): v.decode(errors="replace")
+        for k, v in (schema.metadata or {}).items()
+    }
     if meta.get(META_PREFIX + "magic") != MAGIC:
         raise SnapshotFormatError(
             f"{path} is not a snapmeta snapshot (missing or wrong magic)",

@@ -56,7 +56,9 @@ def document_changed(root: Path, fingerprint: Mapping[str, Any], check: Check) -
     return not same
 
 
-def changed_documents(root: Path, fingerprints: Iterable[Mapping[str, Any]], check: Check) -> list[str]:
+def changed_documents(
+    root: Path, fingerprints: Iterable[Mapping[str, Any]], check: Check
+) -> list[str]:
     return [fp["path"] for fp in fingerprints if document_changed(root, fp, check)]
 
 

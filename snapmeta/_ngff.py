@@ -45,7 +45,12 @@ class Document:
     digest: bytes
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns, "digest": self.digest}
+        return {
+            "path": self.path,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "digest": self.digest,
+        }
 
     def json(self) -> Any:
         if self.data is None:
@@ -107,7 +112,9 @@ def attributes_of(doc: Document, zarr_format: int, *, optional: bool = False) ->
             raise NgffReadError(doc.path, "", "expected a JSON object")
         value = value.get("attributes", {})
     if not isinstance(value, dict):
-        raise NgffReadError(doc.path, "attributes" if zarr_format == 3 else "", "expected an object")
+        raise NgffReadError(
+            doc.path, "attributes" if zarr_format == 3 else "", "expected an object"
+        )
     return value
 
 
@@ -123,7 +130,9 @@ def encode_attributes(attrs: Any) -> bytes:
     # Compact JSON of the parsed value: the value round-trips exactly (NaN and
     # Infinity included, as Python's json writes them), the original
     # whitespace does not.
-    return json.dumps(attrs, ensure_ascii=False, allow_nan=True, separators=ATTRIBUTE_SEPARATORS).encode()
+    return json.dumps(
+        attrs, ensure_ascii=False, allow_nan=True, separators=ATTRIBUTE_SEPARATORS
+    ).encode()
 
 
 def ngff_version(ome: dict[str, Any], key: str, zarr_format: int) -> str:
@@ -142,21 +151,30 @@ def _get(obj: Any, key: str | int, document: str, field: str) -> Any:
         raise NgffReadError(document, field, "missing or wrong type") from exc
 
 
-def _transforms(items: Any, document: str, field: str) -> tuple[list[float] | None, list[float] | None]:
+def _transforms(
+    items: Any, document: str, field: str
+) -> tuple[list[float] | None, list[float] | None]:
     scale = translation = None
     for i, item in enumerate(items or []):
         kind = _get(item, "type", document, f"{field}[{i}].type")
         if kind == "scale":
             scale = [float(v) for v in _get(item, "scale", document, f"{field}[{i}].scale")]
         elif kind == "translation":
-            translation = [float(v) for v in _get(item, "translation", document, f"{field}[{i}].translation")]
+            translation = [
+                float(v) for v in _get(item, "translation", document, f"{field}[{i}].translation")
+            ]
     return scale, translation
 
 
 def _array_summary(meta: dict[str, Any], zarr_format: int, document: str) -> dict[str, Any]:
     if zarr_format == 3:
         chunks = _get(meta, "chunk_grid", document, "chunk_grid")
-        chunk_shape = _get(_get(chunks, "configuration", document, "chunk_grid"), "chunk_shape", document, "chunk_grid.configuration.chunk_shape")
+        chunk_shape = _get(
+            _get(chunks, "configuration", document, "chunk_grid"),
+            "chunk_shape",
+            document,
+            "chunk_grid.configuration.chunk_shape",
+        )
         encoding = meta.get("chunk_key_encoding", {"name": "default"})
         config = encoding.get("configuration", {}) if isinstance(encoding, dict) else {}
         default_sep = "." if isinstance(encoding, dict) and encoding.get("name") == "v2" else "/"
@@ -203,11 +221,18 @@ def read_position(root: Path, path: str, zarr_format: int) -> PositionSource:
     attrs = attributes_of(group, zarr_format)
     ome = ome_of(attrs, zarr_format)
     multiscales = _get(ome, "multiscales", group_rel, "multiscales")
-    datasets = _get(_get(multiscales, 0, group_rel, "multiscales"), "datasets", group_rel, "multiscales[0].datasets")
+    datasets = _get(
+        _get(multiscales, 0, group_rel, "multiscales"),
+        "datasets",
+        group_rel,
+        "multiscales[0].datasets",
+    )
     arrays = []
     for i, dataset in enumerate(datasets if isinstance(datasets, list) else []):
         level = _get(dataset, "path", group_rel, f"multiscales[0].datasets[{i}].path")
-        docs = [read_document(root, rel) for rel in array_documents(join(path, str(level)), zarr_format)]
+        docs = [
+            read_document(root, rel) for rel in array_documents(join(path, str(level)), zarr_format)
+        ]
         meta = docs[0].json()
         if not isinstance(meta, dict):
             raise NgffReadError(docs[0].path, "", "expected a JSON object")
@@ -252,7 +277,9 @@ def position_record(
     for i, dataset in enumerate(_get(ms, "datasets", doc, "multiscales[0].datasets")):
         levels.append(str(_get(dataset, "path", doc, f"multiscales[0].datasets[{i}].path")))
         scale, translation = _transforms(
-            dataset.get("coordinateTransformations"), doc, f"multiscales[0].datasets[{i}].coordinateTransformations"
+            dataset.get("coordinateTransformations"),
+            doc,
+            f"multiscales[0].datasets[{i}].coordinateTransformations",
         )
         scales.append(scale if scale is not None else [1.0] * len(names))
         translations.append(translation)
@@ -300,7 +327,9 @@ def position_record(
     }
 
 
-def well_images(doc: Document, zarr_format: int) -> tuple[dict[str, Any], list[tuple[str, int | None]]]:
+def well_images(
+    doc: Document, zarr_format: int
+) -> tuple[dict[str, Any], list[tuple[str, int | None]]]:
     """A well's attributes and its (image path, acquisition) list."""
     attrs = attributes_of(doc, zarr_format)
     well = _get(ome_of(attrs, zarr_format), "well", doc.path, "well")

@@ -133,7 +133,9 @@ def _check_args(mode: str, check: str, on_stale: str) -> Check:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
     if on_stale not in ON_STALE:
-        raise ValueError(f"on_stale must be one of {', '.join(map(repr, ON_STALE))}, not {on_stale!r}")
+        raise ValueError(
+            f"on_stale must be one of {', '.join(map(repr, ON_STALE))}, not {on_stale!r}"
+        )
     return _freshness.validate_check(check)
 
 
@@ -230,7 +232,8 @@ class Position:
     def axes(self) -> tuple[Axis, ...]:
         r = self._record
         return tuple(
-            Axis(n, t, u) for n, t, u in zip(r["axis_names"], r["axis_types"], r["axis_units"], strict=True)
+            Axis(n, t, u)
+            for n, t, u in zip(r["axis_names"], r["axis_types"], r["axis_units"], strict=True)
         )
 
     @property
@@ -318,10 +321,19 @@ class Position:
     def _check_level(self, i: int) -> None:
         # Array documents are checked when their level is first opened: most
         # workers touch level 0 only.
-        docs = [d for d in self._record["documents"] if d["path"].startswith(f"{self.path}/{self._record['levels'][i]}/")]
+        docs = [
+            d
+            for d in self._record["documents"]
+            if d["path"].startswith(f"{self.path}/{self._record['levels'][i]}/")
+        ]
         changed = _freshness.changed_documents(self._root, docs, self._options[0])
         if changed:
-            _stale(self._root, changed, self._options[1], f"{self.path} is read from its JSON documents")
+            _stale(
+                self._root,
+                changed,
+                self._options[1],
+                f"{self.path} is read from its JSON documents",
+            )
             self._record = _JsonPlate(self._root, self.zarr_format).position(self.path, None)
             self._checked = None
             return
@@ -476,8 +488,12 @@ class Plate:
         if self._json is not None:
             return tuple(
                 Acquisition(
-                    a["id"], a.get("name"), a.get("description"), a.get("maximumfieldcount"),
-                    a.get("starttime"), a.get("endtime"),
+                    a["id"],
+                    a.get("name"),
+                    a.get("description"),
+                    a.get("maximumfieldcount"),
+                    a.get("starttime"),
+                    a.get("endtime"),
                 )
                 for a in self._json.plate.get("acquisitions") or []
             )
@@ -510,7 +526,12 @@ class Plate:
         for well in snap.iter_wells():
             changed += _freshness.changed_documents(self._root, well["documents"], self._check)
         if changed:
-            _stale(self._root, changed, self._on_stale, "the plate layout is read from its JSON documents")
+            _stale(
+                self._root,
+                changed,
+                self._on_stale,
+                "the plate layout is read from its JSON documents",
+            )
             self._use_json()
         self._structure_checked = True
 
@@ -570,7 +591,12 @@ class Plate:
                 well = snap.well(-2 - well_target)
                 changed = _freshness.changed_documents(self._root, well["documents"], self._check)
                 if changed:
-                    _stale(self._root, changed, self._on_stale, f"{key} is read from its JSON documents")
+                    _stale(
+                        self._root,
+                        changed,
+                        self._on_stale,
+                        f"{key} is read from its JSON documents",
+                    )
                     return _JsonPlate(self._root, self.zarr_format).position(key, self), False
             raise self._not_found(key)
         record = snap.position(target)
@@ -614,7 +640,9 @@ class _JsonPlate:
             self.plate = _ngff.plate_of(self.attrs, zarr_format, rel)
         except _ngff.NgffReadError as exc:
             raise _read_error(root, exc) from exc
-        self.version = _ngff.ngff_version(_ngff.ome_of(self.attrs, zarr_format), "plate", zarr_format)
+        self.version = _ngff.ngff_version(
+            _ngff.ome_of(self.attrs, zarr_format), "plate", zarr_format
+        )
         self._wells: dict[str, list[tuple[str, int | None]]] = {}
 
     def _images(self, well: str) -> list[tuple[str, int | None]]:
@@ -630,7 +658,9 @@ class _JsonPlate:
 
     def position_paths(self) -> list[str]:
         return [
-            f"{w['path']}/{field}" for w in self.plate.get("wells", []) for field, _ in self._images(w["path"])
+            f"{w['path']}/{field}"
+            for w in self.plate.get("wells", [])
+            for field, _ in self._images(w["path"])
         ]
 
     def position(self, key: str, plate: Plate | None) -> dict[str, Any]:
@@ -638,8 +668,15 @@ class _JsonPlate:
         well, _, field = key.rpartition("/")
         images = dict(self._images(well)) if well in wells else {}
         if field not in images:
-            raise plate._not_found(key) if plate is not None and plate._json is self else PositionNotFoundError(
-                f"no position {key!r} in plate {self.root}", store=str(self.root), key=key, suggestions=()
+            raise (
+                plate._not_found(key)
+                if plate is not None and plate._json is self
+                else PositionNotFoundError(
+                    f"no position {key!r} in plate {self.root}",
+                    store=str(self.root),
+                    key=key,
+                    suggestions=(),
+                )
             )
         try:
             source = _ngff.read_position(self.root, key, self.zarr_format)
@@ -714,4 +751,3 @@ def open_position(
     ``stat`` per document of that position and its well.
     """
     return open_plate(store, mode=mode, check=check, on_stale=on_stale)[path]
-

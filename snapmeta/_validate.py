@@ -130,7 +130,8 @@ def _problems(document: str, prefix: str, model: type[BaseModel], value: Any) ->
         model.model_validate(value)
     except ValidationError as exc:
         return [
-            Problem(document, _location(prefix, err["loc"], _TAGS), err["msg"]) for err in exc.errors()
+            Problem(document, _location(prefix, err["loc"], _TAGS), err["msg"])
+            for err in exc.errors()
         ]
     return []
 
@@ -150,12 +151,26 @@ def validate_plate(document: str, plate: Any) -> list[Problem]:
         seen.add(path)
         r, c = well["rowIndex"], well["columnIndex"]
         if r >= len(rows):
-            problems.append(Problem(document, f"{where}.rowIndex", f"{r} is outside the {len(rows)} declared rows"))
+            problems.append(
+                Problem(
+                    document, f"{where}.rowIndex", f"{r} is outside the {len(rows)} declared rows"
+                )
+            )
         if c >= len(columns):
-            problems.append(Problem(document, f"{where}.columnIndex", f"{c} is outside the {len(columns)} declared columns"))
+            problems.append(
+                Problem(
+                    document,
+                    f"{where}.columnIndex",
+                    f"{c} is outside the {len(columns)} declared columns",
+                )
+            )
         if r < len(rows) and c < len(columns) and path != f"{rows[r]}/{columns[c]}":
             problems.append(
-                Problem(document, f"{where}.path", f"{path!r} does not match row {rows[r]!r} and column {columns[c]!r}")
+                Problem(
+                    document,
+                    f"{where}.path",
+                    f"{path!r} does not match row {rows[r]!r} and column {columns[c]!r}",
+                )
             )
     for kind, names in (("rows", rows), ("columns", columns)):
         if len(set(names)) != len(names):
@@ -194,15 +209,23 @@ def validate_image(document: str, ome: Any) -> list[Problem]:
                 )
         if dataset["coordinateTransformations"][0]["type"] != "scale":
             problems.append(
-                Problem(document, f"multiscales[0].datasets[{i}].coordinateTransformations[0]", "must be a scale")
+                Problem(
+                    document,
+                    f"multiscales[0].datasets[{i}].coordinateTransformations[0]",
+                    "must be a scale",
+                )
             )
     paths = [d["path"] for d in ms["datasets"]]
     if len(set(paths)) != len(paths):
-        problems.append(Problem(document, "multiscales[0].datasets", "dataset paths are not unique"))
+        problems.append(
+            Problem(document, "multiscales[0].datasets", "dataset paths are not unique")
+        )
     return problems
 
 
-def validate_array(document: str, meta: dict[str, Any], ndim: int, channels: int | None, c_axis: int | None) -> list[Problem]:
+def validate_array(
+    document: str, meta: dict[str, Any], ndim: int, channels: int | None, c_axis: int | None
+) -> list[Problem]:
     """Check an array document with zarr's own parser and against the axes."""
     from zarr.core.array import parse_array_metadata
 
@@ -212,9 +235,20 @@ def validate_array(document: str, meta: dict[str, Any], ndim: int, channels: int
     except Exception as exc:  # zarr raises many types for bad metadata
         return [Problem(document, "", f"zarr cannot read this array metadata: {exc}")]
     if len(parsed.shape) != ndim:
-        problems.append(Problem(document, "shape", f"has {len(parsed.shape)} dimensions but the image has {ndim} axes"))
+        problems.append(
+            Problem(
+                document,
+                "shape",
+                f"has {len(parsed.shape)} dimensions but the image has {ndim} axes",
+            )
+        )
     elif channels is not None and c_axis is not None and parsed.shape[c_axis] != channels:
         problems.append(
-            Problem(document, "shape", f"channel axis has length {parsed.shape[c_axis]} but omero lists {channels} channels")
+            Problem(
+                document,
+                "shape",
+                f"channel axis has length {parsed.shape[c_axis]} "
+                f"but omero lists {channels} channels",
+            )
         )
     return problems

@@ -35,7 +35,11 @@ class VerifyReport:
         )
         if self.ok:
             return head + ": snapshot is intact and up to date"
-        return head + f": {len(self.problems)} problem(s)\n" + "\n".join(f"  {p}" for p in self.problems)
+        return (
+            head
+            + f": {len(self.problems)} problem(s)\n"
+            + "\n".join(f"  {p}" for p in self.problems)
+        )
 
 
 def _comparable(record: dict[str, Any], blob: Any) -> dict[str, Any]:
@@ -48,7 +52,9 @@ def _comparable(record: dict[str, Any], blob: Any) -> dict[str, Any]:
     return out
 
 
-def verify(store: str | os.PathLike[str], *, reread: bool = True, progress: Any = None) -> VerifyReport:
+def verify(
+    store: str | os.PathLike[str], *, reread: bool = True, progress: Any = None
+) -> VerifyReport:
     """Check a snapshot completely (O(plate)); never modifies the store.
 
     Verifies every checksum and lookup slot, that the typed columns equal the
@@ -79,7 +85,9 @@ def verify(store: str | os.PathLike[str], *, reread: bool = True, progress: Any 
         for i, (row, record) in enumerate(zip(typed, checked, strict=True)):
             row = {k: v for k, v in row.items() if k not in ("record", "checksum")}
             if row != record:
-                report.problems.append(f"{kind}[{i}]: typed columns differ from the checksummed record")
+                report.problems.append(
+                    f"{kind}[{i}]: typed columns differ from the checksummed record"
+                )
     for target in [r["path"] for r in records] + [w["path"] for w in wells]:
         if snap.find(target) is None:
             report.problems.append(f"lookup: {target!r} cannot be found")
@@ -91,16 +99,28 @@ def verify(store: str | os.PathLike[str], *, reread: bool = True, progress: Any 
     if not reread:
         return report
     try:
-        fresh = collect_content(root, progress=progress, inline_limit=int(snap.get_meta("inline_limit") or _format.DEFAULT_INLINE_LIMIT), workers=None)
+        fresh = collect_content(
+            root,
+            progress=progress,
+            inline_limit=int(snap.get_meta("inline_limit") or _format.DEFAULT_INLINE_LIMIT),
+            workers=None,
+        )
     except SnapmetaError as exc:
         report.problems.append(f"re-reading the plate failed: {exc}")
         return report
-    old = {r["path"]: _comparable(r, lambda b: None if b is None or b < 0 else snap.blob(b)) for r in records}
+    old = {
+        r["path"]: _comparable(r, lambda b: None if b is None or b < 0 else snap.blob(b))
+        for r in records
+    }
     new = {r["path"]: _comparable(r, lambda b: b) for r in fresh.positions}
     for path in sorted(set(new) - set(old)):
-        report.problems.append(f"stale: position {path} exists in the plate but not in the snapshot")
+        report.problems.append(
+            f"stale: position {path} exists in the plate but not in the snapshot"
+        )
     for path in sorted(set(old) - set(new)):
-        report.problems.append(f"stale: position {path} is in the snapshot but no longer in the plate")
+        report.problems.append(
+            f"stale: position {path} is in the snapshot but no longer in the plate"
+        )
     for path in sorted(set(old) & set(new)):
         if old[path] != new[path]:
             fields = sorted(k for k in old[path] if old[path][k] != new[path].get(k))

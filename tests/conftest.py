@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from snapmeta._open import clear_cache  # noqa: E402
+from snapmeta._open import clear_cache
 
 SLOW = bool(os.environ.get("SNAPMETA_SLOW"))
 
@@ -61,6 +61,8 @@ def plate_7035(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from snapmeta._plategen import write_plate
 
     path = tmp_path_factory.mktemp("plate7035") / "plate.ome.zarr"
-    write_plate(path, rows=35, columns=201, fields=1, ngff="0.4", shape=(1, 2, 1, 32, 32), data="none")
+    write_plate(
+        path, rows=35, columns=201, fields=1, ngff="0.4", shape=(1, 2, 1, 32, 32), data="none"
+    )
     build_snapshot(path)
     return path

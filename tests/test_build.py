@@ -28,12 +28,20 @@ def _edit(store, node, edit):
 
 @pytest.fixture(params=["0.4", "0.5"])
 def store(request, tmp_path):
-    return write_plate(tmp_path / "p.ome.zarr", rows=2, columns=2, fields=2, ngff=request.param, data="none")
+    return write_plate(
+        tmp_path / "p.ome.zarr", rows=2, columns=2, fields=2, ngff=request.param, data="none"
+    )
 
 
 def test_all_problems_reported_with_locations(store):
     _edit(store, "A/1/0", lambda o: o["multiscales"][0]["axes"][2].update(type=7))
-    _edit(store, "B/2/1", lambda o: o["multiscales"][0]["datasets"][0]["coordinateTransformations"][0].update(scale=[1.0]))
+    _edit(
+        store,
+        "B/2/1",
+        lambda o: o["multiscales"][0]["datasets"][0]["coordinateTransformations"][0].update(
+            scale=[1.0]
+        ),
+    )
     shutil.rmtree(store / "A" / "2" / "1")
     with pytest.raises(PlateValidationError) as info:
         snapmeta.build_snapshot(store)
@@ -52,6 +60,7 @@ def test_plate_level_problems(store):
     def break_plate(o):
         o["plate"]["wells"].append({"path": "C/1", "rowIndex": 2, "columnIndex": 0})
         o["plate"]["wells"].append(dict(o["plate"]["wells"][0]))
+
     _edit(store, "", break_plate)
     with pytest.raises(PlateValidationError) as info:
         snapmeta.build_snapshot(store)
@@ -76,7 +85,9 @@ def test_not_a_plate(tmp_path):
 
 def test_progress_reports_every_stage(store):
     calls = []
-    snapmeta.build_snapshot(store, progress=lambda stage, done, total: calls.append((stage, done, total)))
+    snapmeta.build_snapshot(
+        store, progress=lambda stage, done, total: calls.append((stage, done, total))
+    )
     assert ("wells", 4, 4) in calls
     assert ("positions", 8, 8) in calls
     assert calls[-1] == ("write", 1, 1)

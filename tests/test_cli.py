@@ -11,7 +11,9 @@ from snapmeta._plategen import write_plate
 
 
 def run(*args, check=True):
-    out = subprocess.run([sys.executable, "-m", "snapmeta", *map(str, args)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "snapmeta", *map(str, args)], capture_output=True, text=True
+    )
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -19,7 +21,9 @@ def run(*args, check=True):
 
 @pytest.fixture
 def store(tmp_path):
-    return write_plate(tmp_path / "p.ome.zarr", rows=2, columns=3, fields=2, ngff="0.5", data="none")
+    return write_plate(
+        tmp_path / "p.ome.zarr", rows=2, columns=3, fields=2, ngff="0.5", data="none"
+    )
 
 
 def test_build_info_ls_verify(store):
@@ -30,7 +34,9 @@ def test_build_info_ls_verify(store):
     assert "2 rows x 3 columns, 6 wells, 12 positions" in info
     assert "DAPI, GFP" in info
     assert "0.5 (zarr format 3)" in info
-    assert run("ls", store).stdout.split() == [f"{w}/{f}" for w in ("A/1", "A/2", "A/3", "B/1", "B/2", "B/3") for f in "01"]
+    assert run("ls", store).stdout.split() == [
+        f"{w}/{f}" for w in ("A/1", "A/2", "A/3", "B/1", "B/2", "B/3") for f in "01"
+    ]
     assert run("ls", store, "B/2").stdout.split() == ["B/2/0", "B/2/1"]
     assert run("ls", store, "C/9", check=False).returncode == 1
     verify = run("verify", store).stdout

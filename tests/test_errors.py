@@ -11,14 +11,41 @@ from snapmeta import errors
 
 CASES = [
     (errors.NotAPlateError, ValueError, {"store": "/p", "document": "/p/.zattrs"}),
-    (errors.PlateValidationError, ValueError, {"store": "/p", "problems": (errors.Problem("A/1/0/.zattrs", "multiscales[0].axes", "bad"),)}),
-    (errors.SnapshotNotFoundError, FileNotFoundError, {"store": "/p", "snapshot": "/p/.snapmeta.arrow"}),
+    (
+        errors.PlateValidationError,
+        ValueError,
+        {
+            "store": "/p",
+            "problems": (errors.Problem("A/1/0/.zattrs", "multiscales[0].axes", "bad"),),
+        },
+    ),
+    (
+        errors.SnapshotNotFoundError,
+        FileNotFoundError,
+        {"store": "/p", "snapshot": "/p/.snapmeta.arrow"},
+    ),
     (errors.SnapshotFormatError, ValueError, {"snapshot": "/p/.snapmeta.arrow", "reason": "magic"}),
-    (errors.SnapshotCorruptError, ValueError, {"snapshot": "/p/.snapmeta.arrow", "reason": "crc", "section": "positions", "index": 3}),
-    (errors.UnsupportedFormatVersionError, ValueError, {"snapshot": "/s", "reason": "version", "found_version": "9", "supported": (1,)}),
+    (
+        errors.SnapshotCorruptError,
+        ValueError,
+        {"snapshot": "/p/.snapmeta.arrow", "reason": "crc", "section": "positions", "index": 3},
+    ),
+    (
+        errors.UnsupportedFormatVersionError,
+        ValueError,
+        {"snapshot": "/s", "reason": "version", "found_version": "9", "supported": (1,)},
+    ),
     (errors.StaleSnapshotError, ValueError, {"store": "/p", "changed": ("A/1/0/.zattrs",)}),
-    (errors.PositionNotFoundError, KeyError, {"store": "/p", "key": "Z/1/0", "suggestions": ("A/1/0",)}),
-    (errors.ChannelNotFoundError, KeyError, {"key": "RFP", "channels": ("DAPI",), "position": "A/1/0"}),
+    (
+        errors.PositionNotFoundError,
+        KeyError,
+        {"store": "/p", "key": "Z/1/0", "suggestions": ("A/1/0",)},
+    ),
+    (
+        errors.ChannelNotFoundError,
+        KeyError,
+        {"key": "RFP", "channels": ("DAPI",), "position": "A/1/0"},
+    ),
 ]
 
 
@@ -40,7 +67,8 @@ def test_every_public_error_is_covered():
     public = {
         getattr(errors, n)
         for n in errors.__all__
-        if isinstance(getattr(errors, n), type) and issubclass(getattr(errors, n), errors.SnapmetaError)
+        if isinstance(getattr(errors, n), type)
+        and issubclass(getattr(errors, n), errors.SnapmetaError)
     }
     assert public - {errors.SnapmetaError} == covered
 
@@ -86,5 +114,5 @@ def test_bad_arguments(plate_96):
 
 def test_read_only_mode_refuses_writes(plate_96):
     pos = snapmeta.open_position(plate_96["0.5"], "A/1/0")
-    with pytest.raises(ValueError, match="read-only|read only"):
+    with pytest.raises(ValueError, match=r"read-only|read only"):
         pos.data[0, 0, 0, 0, 0] = 1

@@ -48,7 +48,9 @@ def test_snapshot_matches_source(tmp_path, writer):
     assert plate.wells == tuple(w["path"] for w in plate_doc["wells"])
     assert plate.name == plate_doc.get("name")
     assert plate.field_count == plate_doc.get("field_count")
-    assert [a.id for a in plate.acquisitions] == [a["id"] for a in plate_doc.get("acquisitions", [])]
+    assert [a.id for a in plate.acquisitions] == [
+        a["id"] for a in plate_doc.get("acquisitions", [])
+    ]
     assert plate.zarr_format == zf
     assert sorted(plate) == sorted(written.positions)
     assert len(plate) == len(written.positions)
@@ -69,12 +71,20 @@ def test_snapshot_matches_source(tmp_path, writer):
         assert [a["name"] for a in ms["axes"]] == list(pos.axis_names)
         assert [a.get("unit") for a in ms["axes"]] == [a.unit for a in pos.axes]
         for i, dataset in enumerate(ms["datasets"]):
-            scale = next(t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale")
+            scale = next(
+                t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale"
+            )
             glob = next(
-                (t["scale"] for t in ms.get("coordinateTransformations", []) if t["type"] == "scale"),
+                (
+                    t["scale"]
+                    for t in ms.get("coordinateTransformations", [])
+                    if t["type"] == "scale"
+                ),
                 [1.0] * len(scale),
             )
-            assert pos.level(i).scale == pytest.approx(tuple(a * b for a, b in zip(scale, glob)), rel=0, abs=0)
+            assert pos.level(i).scale == pytest.approx(
+                tuple(a * b for a, b in zip(scale, glob, strict=True)), rel=0, abs=0
+            )
             array = pos[dataset["path"]]
             reference = snapmeta_free_open(store, f"{path}/{dataset['path']}", zf)
             assert array.shape == reference.shape == tuple(expected.shapes[i])
@@ -85,14 +95,20 @@ def test_snapshot_matches_source(tmp_path, writer):
         if expected.scales is not None:
             # the writer's dataset scale, composed with the multiscale-level one
             glob = next(
-                (t["scale"] for t in ms.get("coordinateTransformations", []) if t["type"] == "scale"),
+                (
+                    t["scale"]
+                    for t in ms.get("coordinateTransformations", [])
+                    if t["type"] == "scale"
+                ),
                 [1.0] * len(expected.scales[0]),
             )
-            effective = tuple(a * b for a, b in zip(expected.scales[0], glob))
+            effective = tuple(a * b for a, b in zip(expected.scales[0], glob, strict=True))
             assert pos.scale == pytest.approx(effective, rel=1e-12)
         if expected.data is not None:
             np.testing.assert_array_equal(pos.data[:], expected.data)
-            np.testing.assert_array_equal(pos["0" if "0" in pos.levels else pos.levels[0]][:], expected.data)
+            np.testing.assert_array_equal(
+                pos["0" if "0" in pos.levels else pos.levels[0]][:], expected.data
+            )
 
     report = snapmeta.verify(store)
     assert report.ok, str(report)

@@ -78,8 +78,16 @@ def test_open_reads_no_metadata_7035(plate_7035):
 def test_audit_sees_json_reads(plate_96):
     """The audit itself can fail: plain zarr's open is caught reading documents."""
     store = plate_96["0.5"]
-    script = AUDIT.replace("pos = snapmeta.open_position(store, path)\n    array = pos[\"0\"]",
-                           "import zarr; array = zarr.open_array(f'{store}/{path}/0', mode='r'); pos = snapmeta.open_position(store, path)")
-    out = subprocess.run([sys.executable, "-c", script, str(store), "A/1/0"], capture_output=True, text=True, check=True)
+    script = AUDIT.replace(
+        'pos = snapmeta.open_position(store, path)\n    array = pos["0"]',
+        "import zarr; array = zarr.open_array(f'{store}/{path}/0', mode='r'); "
+        "pos = snapmeta.open_position(store, path)",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(store), "A/1/0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout)
     assert result["documents"] and result["json_parsed"] > 0

@@ -71,7 +71,7 @@ def run_demo(
     def zarr_with_metadata(path: str) -> Any:
         # what a worker needs without snapmeta: the array plus its channel names
         group = zarr.open_group(store / path, mode="r")
-        attrs = group.attrs.asdict()
+        attrs: dict[str, Any] = group.attrs.asdict()
         ome = attrs.get("ome", attrs)
         _ = [c["label"] for c in ome["omero"]["channels"]]
         return group["0"]

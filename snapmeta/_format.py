@@ -546,17 +546,21 @@ class SnapshotFile:
         return len(self._blob_sums)
 
 
+def snapshot_not_found(path: Path) -> SnapshotNotFoundError:
+    return SnapshotNotFoundError(
+        f"no snapshot at {path}; create one with `snapmeta build {path.parent}`",
+        store=str(path.parent),
+        snapshot=str(path),
+    )
+
+
 def open_file(path: str | os.PathLike[str]) -> SnapshotFile:
     """Memory-map a snapshot file and check its header (O(1) in the plate size)."""
     path = Path(path)
     try:
         source = pa.memory_map(str(path), "r")
     except FileNotFoundError as exc:
-        raise SnapshotNotFoundError(
-            f"no snapshot at {path}; create one with `snapmeta build {path.parent}`",
-            store=str(path.parent),
-            snapshot=str(path),
-        ) from exc
+        raise snapshot_not_found(path) from exc
     except OSError as exc:
         raise SnapshotFormatError(
             f"cannot map snapshot {path}: {exc}", snapshot=str(path), reason=str(exc)

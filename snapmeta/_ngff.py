@@ -263,7 +263,9 @@ def position_record(
     ome = ome_of(source.attributes, zarr_format)
     ms = _get(_get(ome, "multiscales", doc, "multiscales"), 0, doc, "multiscales")
     axes = _get(ms, "axes", doc, "multiscales[0].axes")
-    names, types, units = [], [], []
+    names: list[str] = []
+    types: list[str | None] = []
+    units: list[str | None] = []
     for i, axis in enumerate(axes):
         if isinstance(axis, str):  # NGFF 0.3 spelled axes as bare names
             names.append(axis)

@@ -99,7 +99,7 @@ def _mapped(root: Path) -> _Mapped:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return _format.open_file(path)  # raises SnapshotNotFoundError with the hint
+        raise _format.snapshot_not_found(path) from None
     identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     key = str(path)
     entry = _cache.get(key)
@@ -312,10 +312,11 @@ class Position:
             metadata = parse_metadata(_format.unpack(record["array_metadata"][i]))
         else:
             ref = record["array_metadata"][i]
-            metadata = self._entry.arrays.get(ref)
-            if metadata is None:
-                metadata = parse_metadata(_format.unpack(self._entry.snapshot.blob(ref)))
-                self._entry.arrays[ref] = metadata
+            cached = self._entry.arrays.get(ref)
+            if cached is None:
+                cached = parse_metadata(_format.unpack(self._entry.snapshot.blob(ref)))
+                self._entry.arrays[ref] = cached
+            metadata = cached
         return array_from_metadata(_store_for(self._entry, self._root, self._mode), path, metadata)
 
     def _check_level(self, i: int) -> None:

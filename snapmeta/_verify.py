@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from . import _format
@@ -42,7 +43,7 @@ class VerifyReport:
         )
 
 
-def _comparable(record: dict[str, Any], blob: Any) -> dict[str, Any]:
+def _comparable(record: Mapping[str, Any], blob: Any) -> dict[str, Any]:
     out = dict(record)
     for key in ("attributes",):
         out[key] = blob(out[key])

@@ -6,7 +6,7 @@ memory-mappable Arrow snapshot into the store; ``open_plate`` and
 """
 
 from ._build import build_snapshot
-from ._open import Acquisition, ArrayInfo, Axis, Plate, Position, open_plate, open_position
+from ._open import Acquisition, ArrayInfo, Axis, Plate, Position, Well, open_plate, open_position
 from ._verify import verify
 from ._version import __version__
 from .errors import (
@@ -40,6 +40,7 @@ __all__ = [
     "SnapshotStaleWarning",
     "StaleSnapshotError",
     "UnsupportedFormatVersionError",
+    "Well",
     "__version__",
     "build_snapshot",
     "open_plate",

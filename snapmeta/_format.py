@@ -165,6 +165,10 @@ def header_checksum(meta: Mapping[str, str]) -> int:
     return zlib.crc32(pack(items))
 
 
+def paths_checksum(paths: Sequence[str]) -> int:
+    return zlib.crc32(pack(list(paths)))
+
+
 def plate_checksum(
     rows: Sequence[str], columns: Sequence[str], acquisitions: Sequence[Mapping[str, Any]]
 ) -> int:
@@ -265,6 +269,7 @@ def encode(content: SnapshotContent) -> pa.RecordBatch:
     keys += [(w["path"], -2 - i) for i, w in enumerate(wells)]
     meta[META_PREFIX + "position_count"] = str(n_pos)
     meta[META_PREFIX + "well_count"] = str(len(wells))
+    meta[META_PREFIX + "paths_checksum"] = str(paths_checksum([p["path"] for p in positions]))
     meta[META_PREFIX + "plate_checksum"] = str(
         plate_checksum(content.rows, content.columns, content.acquisitions)
     )
@@ -495,6 +500,9 @@ class SnapshotFile:
             raise _corrupt(self.path, f"blobs[{index}]: checksum mismatch", "blobs", index)
         return bytes(data)
 
+    def blob_or_none(self, index: int) -> bytes | None:
+        return None if index == NO_BLOB else self.blob(index)
+
     def find(self, key: str) -> int | None:
         """Lookup target of ``key``: position row (>= 0), ``-2 - well`` or None."""
         h = key_hash(key)
@@ -514,8 +522,15 @@ class SnapshotFile:
         return None
 
     def position_paths(self) -> list[str]:
-        """Every position path in plate order (reads the typed ``path`` column)."""
-        return self._batch.column("positions").values.field("path").to_pylist()
+        """Every position path in plate order, verified against ``paths_checksum``.
+
+        Reads the typed ``path`` column: one checksum over all paths costs far
+        less than decoding every record.
+        """
+        paths = self._batch.column("positions").values.field("path").to_pylist()
+        if self.meta.get(META_PREFIX + "paths_checksum") != str(paths_checksum(paths)):
+            raise _corrupt(self.path, "position paths checksum mismatch", "positions")
+        return paths
 
     def iter_positions(self) -> Iterator[dict[str, Any]]:
         for i in range(self.position_count):

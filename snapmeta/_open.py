@@ -34,7 +34,16 @@ from .errors import (
     StaleSnapshotError,
 )
 
-__all__ = ["Acquisition", "ArrayInfo", "Axis", "Plate", "Position", "open_plate", "open_position"]
+__all__ = [
+    "Acquisition",
+    "ArrayInfo",
+    "Axis",
+    "Plate",
+    "Position",
+    "Well",
+    "open_plate",
+    "open_position",
+]
 
 Mode = Literal["r", "r+", "a"]
 OnStale = Literal["fallback", "raise"]
@@ -73,6 +82,41 @@ class ArrayInfo:
     dtype: str
     scale: tuple[float, ...]
     translation: tuple[float, ...] | None
+
+
+class Well:
+    """One well: its place on the plate, its positions and (lazily) its attributes."""
+
+    __slots__ = (
+        "_attrs",
+        "_raw",
+        "column",
+        "column_index",
+        "path",
+        "positions",
+        "row",
+        "row_index",
+    )
+
+    def __init__(self, record: dict[str, Any], positions: tuple[str, ...], raw: Any) -> None:
+        self.path: str = record["path"]
+        self.row: str = record["row"]
+        self.column: str = record["column"]
+        self.row_index: int = record["row_index"]
+        self.column_index: int = record["column_index"]
+        self.positions = positions
+        self._raw = raw
+        self._attrs: dict[str, Any] | None = None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The well group's full attributes, decoded on first access."""
+        if self._attrs is None:
+            self._attrs = self._raw()
+        return self._attrs
+
+    def __repr__(self) -> str:
+        return f"<snapmeta.Well {self.path!r}: {len(self.positions)} positions>"
 
 
 # ---------------------------------------------------------------------------
@@ -363,7 +407,7 @@ def _attributes(root: Path, record: dict[str, Any], blob: Any, check: Check) -> 
     if raw is None:
         # Too large to inline: read the document, but only if it still is the
         # one the snapshot fingerprinted.
-        fp = record["documents"][0]
+        fp = record["documents"][0]  # the node's own attribute document
         if _freshness.document_changed(root, fp, "digest"):
             raise StaleSnapshotError(
                 f"{root / fp['path']} changed since the snapshot was built; "
@@ -565,6 +609,30 @@ class Plate:
         for path in self._paths():
             yield path, self[path]
 
+    def well(self, path: str) -> Well:
+        """The well at ``path`` (e.g. ``"B/3"``), checked against its document."""
+        key = path.strip("/")
+        snap = self._entry.snapshot
+        if self._json is None:
+            target = snap.find(key)
+            if target is None or target >= -1:
+                raise self._not_found(key)
+            record = snap.well(-2 - target)
+            changed = _freshness.changed_documents(self._root, record["documents"], self._check)
+            if not changed:
+                first, count = record["first_position"], record["position_count"]
+                fields = tuple(snap.position(i)["path"] for i in range(first, first + count))
+                root, check = self._root, self._check
+
+                def load() -> dict[str, Any]:
+                    return _attributes(root, record, snap.blob_or_none, check)
+
+                return Well(record, fields, load)
+            _stale(
+                self._root, changed, self._on_stale, f"well {key} is read from its JSON document"
+            )
+        return _JsonPlate(self._root, self.zarr_format).well(key, self)
+
     def __getitem__(self, key: str) -> Position:
         record, from_snapshot = self._resolve(key)
         return Position(
@@ -656,6 +724,23 @@ class _JsonPlate:
                 images = []
             self._wells[well] = images
         return images
+
+    def well(self, key: str, plate: Plate) -> Well:
+        ref = next((w for w in self.plate.get("wells", []) if w.get("path") == key), None)
+        if ref is None:
+            raise plate._not_found(key)
+        rows = [r["name"] for r in self.plate["rows"]]
+        columns = [c["name"] for c in self.plate["columns"]]
+        record = {
+            "path": key,
+            "row": rows[ref["rowIndex"]],
+            "column": columns[ref["columnIndex"]],
+            "row_index": ref["rowIndex"],
+            "column_index": ref["columnIndex"],
+        }
+        doc = _ngff.read_document(self.root, _ngff.group_documents(key, self.zarr_format)[0])
+        fields = tuple(f"{key}/{field}" for field, _ in self._images(key))
+        return Well(record, fields, lambda: _ngff.attributes_of(doc, self.zarr_format))
 
     def position_paths(self) -> list[str]:
         return [

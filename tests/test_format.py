@@ -42,6 +42,9 @@ def test_golden_snapshot_reads(golden):
         assert [a.id for a in plate.acquisitions] == expected["acquisitions"]
         assert plate.attrs == expected["root_attrs"]
         assert list(plate) == list(expected["positions"])
+        for well in plate.wells:
+            assert plate.well(well).attrs == expected["well_attrs"][well]
+            assert list(plate.well(well).positions) == expected["well_positions"][well]
         for path, exp in expected["positions"].items():
             pos = plate[path]
             assert list(pos.channel_names) == exp["channel_names"]

@@ -99,6 +99,14 @@ def test_add_well_is_seen(store):
     np.testing.assert_array_equal(plate["B/4/0"].data[:], plate["B/3/0"].data[:])
 
 
+def test_well_edit_is_seen(store):
+    _edit_attrs(store, "A/2", lambda ome: ome["well"]["images"].pop())
+    plate = snapmeta.open_plate(store)
+    with pytest.warns(SnapshotStaleWarning):
+        well = plate.well("A/2")
+    assert well.positions == ("A/2/0",)
+
+
 def test_add_field_to_well_is_seen(store):
     shutil.copytree(store / "A" / "1" / "1", store / "A" / "1" / "2")
     _edit_attrs(store, "A/1", lambda ome: ome["well"]["images"].append({"path": "2"}))

@@ -52,6 +52,13 @@ def test_snapshot_matches_source(tmp_path, writer):
         a["id"] for a in plate_doc.get("acquisitions", [])
     ]
     assert plate.zarr_format == zf
+    for well_path in plate.wells:
+        well = plate.well(well_path)
+        assert same_json(well.attrs, node_attributes(store, well_path, zf))
+        well_ome = well.attrs["ome"] if zf == 3 else well.attrs
+        images = [f"{well_path}/{i['path']}" for i in well_ome["well"]["images"]]
+        assert list(well.positions) == images
+        assert f"{well.row}/{well.column}" == well_path
     assert sorted(plate) == sorted(written.positions)
     assert len(plate) == len(written.positions)
 

@@ -18,8 +18,8 @@ import json
 import math
 import os
 import pathlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,10 +61,6 @@ _ZSTD_V3 = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
 # Enough calls to drive a progress bar smoothly without the callback becoming
 # a measurable share of the run time.
 _MAX_PROGRESS_CALLS = 100
-
-# File creation is dominated by system-call latency rather than Python work,
-# so a few threads overlap it even on two cores.
-_WRITE_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -171,7 +167,7 @@ def write_plate(
     row_names = _axis_names("rows", rows, _row_name)
     column_names = _axis_names("columns", columns, lambda i: str(i + 1))
     level0 = _check_shape(shape)
-    if not isinstance(levels, int) or levels < 1:
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
         raise ValueError(f"levels must be a positive integer, got {levels!r}")
     level_shapes = [_level_shape(level0, k) for k in range(levels)]
     level_chunks = [_chunk_shape(chunks, s) for s in level_shapes]
@@ -179,7 +175,7 @@ def write_plate(
     channels = _channel_names(channel_names, level0[1])
     well_paths = _well_paths(wells, row_names, column_names)
     field_counts = _field_counts(fields, len(well_paths))
-    if not isinstance(acquisitions, int) or acquisitions < 1:
+    if isinstance(acquisitions, bool) or not isinstance(acquisitions, int) or acquisitions < 1:
         raise ValueError(f"acquisitions must be a positive integer, got {acquisitions!r}")
     if acquisitions > max(field_counts):
         # An acquisition without any image would need a maximumfieldcount of
@@ -188,6 +184,12 @@ def write_plate(
             f"acquisitions ({acquisitions}) exceeds the largest field count "
             f"per well ({max(field_counts)})"
         )
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # default_rng rejects negative seeds; fail before anything is written.
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a string, got {name!r}")
 
     root = pathlib.Path(path)
     _prepare_root(root)
@@ -199,12 +201,18 @@ def write_plate(
     writer.group(root, plate_doc)
 
     positions: list[_Position] = []
+    row_groups: set[str] = set()
+    well_docs: dict[int, bytes] = {}
     for well_path, count in zip(well_paths, field_counts, strict=True):
-        well_dir = root / well_path
-        if not well_dir.parent.exists():
-            writer.group(well_dir.parent, None)
-        well_doc = _well_metadata(version, count, acquisitions)
-        writer.group(well_dir, well_doc)
+        row = well_path.split("/")[0]
+        if row not in row_groups:
+            writer.group(root / row, None)
+            row_groups.add(row)
+        if count not in well_docs:
+            well_docs[count] = writer.group_doc(_well_metadata(version, count, acquisitions))
+        well_dir = os.path.join(root, well_path)
+        os.mkdir(well_dir)
+        writer.write_group_bytes(well_dir, well_docs[count])
         first = len(positions)
         positions.extend(_Position(first + f, well_path, str(f)) for f in range(count))
 
@@ -215,7 +223,12 @@ def write_plate(
     ]
     fill = _DataWriter(data, np_dtype, seed, level_shapes, writer.zarr_format)
 
-    def write_batch(batch: Sequence[_Position]) -> int:
+    # Positions are written serially: the cost is file-system metadata
+    # updates that serialise in the kernel, and zarr funnels chunk writes
+    # through one event loop, so a thread pool measured no faster on 2 cores.
+    total = len(positions)
+    done = 0
+    for batch in _batches(positions, total):
         for pos in batch:
             pos_dir = os.path.join(root, pos.well, pos.field)
             os.mkdir(pos_dir)
@@ -225,17 +238,9 @@ def write_plate(
                 os.mkdir(level_dir)
                 writer.write_array_bytes(level_dir, doc)
             fill.write(pos_dir, pos.index)
-        return len(batch)
-
-    total = len(positions)
-    done = 0
-    with ThreadPoolExecutor(max_workers=_WRITE_THREADS) as pool:
-        # map() yields in submission order, which keeps the reported count
-        # monotonic while later batches are already being written.
-        for written in pool.map(write_batch, _batches(positions, total)):
-            done += written
-            if progress is not None:
-                progress(done, total)
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
     return root
 
 
@@ -323,9 +328,7 @@ def _channel_names(names: Sequence[str] | None, count: int) -> list[str]:
         raise ValueError("channel_names must be a sequence of names, not a single string")
     result = list(names)
     if len(result) != count:
-        raise ValueError(
-            f"{len(result)} channel names given but shape[1] is {count}: {result}"
-        )
+        raise ValueError(f"{len(result)} channel names given but shape[1] is {count}: {result}")
     if any(not isinstance(n, str) or not n for n in result) or len(set(result)) != count:
         raise ValueError(f"channel names must be unique non-empty strings, got {result}")
     return result
@@ -346,9 +349,7 @@ def _well_paths(
     for well in result:
         parts = well.split("/") if isinstance(well, str) else []
         if len(parts) != 2 or parts[0] not in known_rows or parts[1] not in known_columns:
-            raise ValueError(
-                f"well {well!r} is not a 'row/column' path of a known row and column"
-            )
+            raise ValueError(f"well {well!r} is not a 'row/column' path of a known row and column")
     if len(set(result)) != len(result):
         raise ValueError(f"wells must be unique, got {result}")
     return result
@@ -367,9 +368,9 @@ def _field_counts(fields: int | Sequence[int], n_wells: int) -> list[int]:
 
 
 def _prepare_root(root: pathlib.Path) -> None:
-    if root.exists() or root.is_symlink():
-        if not root.is_dir() or any(root.iterdir()):
-            raise FileExistsError(f"{root} exists and is not an empty directory")
+    occupied = root.exists() or root.is_symlink()
+    if occupied and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} exists and is not an empty directory")
     root.mkdir(parents=True, exist_ok=True)
 
 
@@ -393,7 +394,9 @@ def _plate_metadata(
     wells = []
     for well in well_paths:
         row, column = well.split("/")
-        wells.append({"path": well, "rowIndex": row_index[row], "columnIndex": column_index[column]})
+        wells.append(
+            {"path": well, "rowIndex": row_index[row], "columnIndex": column_index[column]}
+        )
     max_fields = max(field_counts)
     plate: dict[str, Any] = {
         "name": name,
@@ -513,8 +516,7 @@ class _PositionDocs:
         if doc is None:
             version, channels, level_shapes, np_dtype = self._args
             attrs = _image_metadata(version, fov, channels, level_shapes, np_dtype)
-            # Threads may race to fill the same key; both encode equal bytes.
-            doc = self._cache.setdefault(fov, self._writer.group_doc(attrs))
+            doc = self._cache[fov] = self._writer.group_doc(attrs)
         return doc
 
 
@@ -527,14 +529,16 @@ def _write_file(path: str, content: bytes) -> None:
         f.write(content)
 
 
-class _Writer:
+class _Writer(ABC):
     """Encodes and writes the nodes of one zarr format."""
 
     zarr_format: Literal[2, 3]
 
+    @abstractmethod
     def group_doc(self, attrs: dict[str, Any] | None) -> bytes:
-        raise NotImplementedError
+        """Encode a group's attributes into the bytes `write_group_bytes` takes."""
 
+    @abstractmethod
     def array_doc(
         self,
         shape: tuple[int, ...],
@@ -542,13 +546,15 @@ class _Writer:
         np_dtype: np.dtype[Any],
         compressor: str,
     ) -> bytes:
-        raise NotImplementedError
+        """Encode an array's metadata document."""
 
+    @abstractmethod
     def write_group_bytes(self, directory: str, doc: bytes) -> None:
-        raise NotImplementedError
+        """Write an encoded group into an existing directory."""
 
+    @abstractmethod
     def write_array_bytes(self, directory: str, doc: bytes) -> None:
-        raise NotImplementedError
+        """Write an encoded array document into an existing directory."""
 
     def group(self, directory: pathlib.Path, attrs: dict[str, Any] | None) -> None:
         directory.mkdir(exist_ok=True)

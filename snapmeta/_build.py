@@ -163,6 +163,13 @@ def _read_position(
     return [], record
 
 
+def _read_or_problem(root: Path, relpath: str) -> _ngff.Document | Problem:
+    try:
+        return _ngff.read_document(root, relpath)
+    except NgffReadError as exc:
+        return _as_problem(exc)
+
+
 def _invalid(root: Path, problems: Iterable[Problem]) -> PlateValidationError:
     problems = tuple(problems)
     shown = "\n".join(f"  {p}" for p in problems[:50])
@@ -196,8 +203,8 @@ def collect_content(
             document=None,
         )
     root_rel = _ngff.root_document(zarr_format)
-    root_doc = _ngff.read_document(root, root_rel)
     try:
+        root_doc = _ngff.read_document(root, root_rel)
         root_attrs = _ngff.attributes_of(root_doc, zarr_format)
         plate = _ngff.plate_of(root_attrs, zarr_format, root_rel)
     except NgffReadError as exc:
@@ -218,9 +225,7 @@ def collect_content(
     with ThreadPoolExecutor(n_workers, thread_name_prefix="snapmeta-build") as pool:
         well_docs = _map(
             pool,
-            lambda ref: _ngff.read_document(
-                root, _ngff.group_documents(ref["path"], zarr_format)[0]
-            ),
+            lambda ref: _read_or_problem(root, _ngff.group_documents(ref["path"], zarr_format)[0]),
             well_refs,
             "wells",
             progress,
@@ -228,6 +233,9 @@ def collect_content(
         wells: list[dict[str, Any]] = []
         jobs: list[tuple[str, str, str, int, int | None]] = []
         for ref, doc in zip(well_refs, well_docs, strict=True):
+            if isinstance(doc, Problem):
+                problems.append(doc)
+                continue
             if doc.data is None:
                 problems.append(
                     Problem(
@@ -238,15 +246,16 @@ def collect_content(
                 )
                 continue
             try:
-                well_attrs, images = _ngff.well_images(doc, zarr_format)
+                well_attrs = _ngff.attributes_of(doc, zarr_format)
+                found = _validate.validate_well(
+                    doc.path, _ngff.ome_of(well_attrs, zarr_format).get("well")
+                )
+                if found:
+                    problems.extend(found)
+                    continue
+                _, images = _ngff.well_images(doc, zarr_format)
             except NgffReadError as exc:
                 problems.append(_as_problem(exc))
-                continue
-            found = _validate.validate_well(
-                doc.path, _ngff.ome_of(well_attrs, zarr_format).get("well")
-            )
-            if found:
-                problems.extend(found)
                 continue
             first = len(jobs)
             for field, acquisition in images:
@@ -310,6 +319,7 @@ def collect_content(
         }
         for a in plate.get("acquisitions") or []
     ]
+    root_encoded = _ngff.encode_attributes(root_attrs)
     content = _format.SnapshotContent(
         meta={_format.META_PREFIX + k: v for k, v in meta.items()},
         rows=rows,
@@ -317,6 +327,6 @@ def collect_content(
         acquisitions=acquisitions,
         wells=wells,
         positions=positions,
-        root_attributes=_ngff.encode_attributes(root_attrs),
+        root_attributes=root_encoded if len(root_encoded) <= inline_limit else None,
     )
     return content

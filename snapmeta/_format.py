@@ -195,7 +195,7 @@ class SnapshotContent:
     acquisitions: Sequence[Mapping[str, Any]]
     wells: Sequence[Mapping[str, Any]]
     positions: Sequence[Mapping[str, Any]]
-    root_attributes: bytes
+    root_attributes: bytes | None
 
 
 class _BlobTable:
@@ -396,6 +396,20 @@ def _fixed(array: pa.Array, dtype: type[np.generic], name: str, path: Path) -> n
         raise _corrupt(path, f"{name}: buffer too short", name) from exc
 
 
+def _pylist(array: pa.Array, section: str, path: Path) -> list[Any]:
+    """Python values of a typed column, after Arrow's full validation.
+
+    Full validation is O(len(array)); it is used only where the caller reads
+    the whole column anyway. Without it, damaged offsets could make Arrow read
+    outside the mapped buffers.
+    """
+    try:
+        array.validate(full=True)
+        return array.to_pylist()
+    except (pa.ArrowException, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        raise _corrupt(path, f"{section}: invalid column data ({exc})", section) from exc
+
+
 class SnapshotFile:
     """A memory-mapped snapshot: O(1) checked access to any well or position.
 
@@ -405,11 +419,12 @@ class SnapshotFile:
     rather than wrong metadata.
     """
 
-    def __init__(self, path: Path, source: pa.MemoryMappedFile, batch: pa.RecordBatch) -> None:
+    def __init__(
+        self, path: Path, source: pa.MemoryMappedFile, batch: pa.RecordBatch, meta: dict[str, str]
+    ) -> None:
         self.path = path
         self._source = source
         self._batch = batch
-        meta = {k.decode(): v.decode() for k, v in (batch.schema.metadata or {}).items()}
         self.meta = meta
         try:
             self.position_count = int(meta[META_PREFIX + "position_count"])
@@ -455,9 +470,9 @@ class SnapshotFile:
     def plate_lists(self) -> tuple[list[str], list[str], list[dict[str, Any]]]:
         """Rows, columns and acquisitions, verified against the plate checksum."""
         batch = self._batch
-        rows = batch.column("rows").values.to_pylist()
-        columns = batch.column("columns").values.to_pylist()
-        acquisitions = batch.column("acquisitions").values.to_pylist()
+        rows = _pylist(batch.column("rows").values, "rows", self.path)
+        columns = _pylist(batch.column("columns").values, "columns", self.path)
+        acquisitions = _pylist(batch.column("acquisitions").values, "acquisitions", self.path)
         expected = self.meta.get(META_PREFIX + "plate_checksum")
         if expected != str(plate_checksum(rows, columns, acquisitions)):
             raise _corrupt(self.path, "plate section checksum mismatch", "plate")
@@ -527,7 +542,9 @@ class SnapshotFile:
         Reads the typed ``path`` column: one checksum over all paths costs far
         less than decoding every record.
         """
-        paths = self._batch.column("positions").values.field("path").to_pylist()
+        paths = _pylist(
+            self._batch.column("positions").values.field("path"), "positions", self.path
+        )
         if self.meta.get(META_PREFIX + "paths_checksum") != str(paths_checksum(paths)):
             raise _corrupt(self.path, "position paths checksum mismatch", "positions")
         return paths
@@ -542,10 +559,10 @@ class SnapshotFile:
 
     def typed_positions(self) -> list[dict[str, Any]]:
         """The typed position columns as Python values (for verification)."""
-        return self._batch.column("positions").values.to_pylist()
+        return _pylist(self._batch.column("positions").values, "positions", self.path)
 
     def typed_wells(self) -> list[dict[str, Any]]:
-        return self._batch.column("wells").values.to_pylist()
+        return _pylist(self._batch.column("wells").values, "wells", self.path)
 
     def lookup_targets(self) -> Iterable[tuple[int, int, int]]:
         for i in range(self._mask + 1):
@@ -576,14 +593,19 @@ def open_file(path: str | os.PathLike[str]) -> SnapshotFile:
         source = pa.memory_map(str(path), "r")
     except FileNotFoundError as exc:
         raise snapshot_not_found(path) from exc
-    except OSError as exc:
+    except (OSError, pa.ArrowException) as exc:
+        # e.g. an empty file (nothing to map) or a directory under the name
         raise SnapshotFormatError(
-            f"cannot map snapshot {path}: {exc}", snapshot=str(path), reason=str(exc)
+            f"cannot map snapshot {path}: {exc}; rebuild it with `snapmeta build {path.parent}`",
+            snapshot=str(path),
+            reason=str(exc),
         ) from exc
     try:
         reader = ipc.open_file(source)
         schema = reader.schema
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, ValueError) as exc:
+    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+        # any Arrow error here (invalid, not implemented, out of memory for a
+        # damaged length) means the footer or schema is damaged
         raise _corrupt(path, f"not an Arrow IPC file ({exc})") from exc
     meta = {
         k.decode(errors="replace"): v.decode(errors="replace")
@@ -617,8 +639,8 @@ def open_file(path: str | os.PathLike[str]) -> SnapshotFile:
         batch.validate()
         if batch.num_rows != 1:
             raise _corrupt(path, "expected exactly one row")
-        return SnapshotFile(path, source, batch)
+        return SnapshotFile(path, source, batch, meta)
     except SnapshotFormatError:
         raise
-    except (pa.ArrowException, OSError, ValueError, IndexError, KeyError) as exc:
+    except (pa.ArrowException, OSError, ValueError, IndexError, KeyError, TypeError) as exc:
         raise _corrupt(path, f"unreadable record batch ({exc})") from exc

@@ -72,6 +72,8 @@ def read_document(root: Path, relpath: str) -> Document:
             data = fh.read()
     except (FileNotFoundError, NotADirectoryError):
         return Document(relpath, None, -1, 0, MISSING_DIGEST)
+    except OSError as exc:  # a directory under the name, a symlink loop, EACCES
+        raise NgffReadError(relpath, "", f"cannot read ({exc.strerror or exc})") from exc
     return Document(relpath, data, st.st_size, st.st_mtime_ns, digest(data))
 
 
@@ -339,7 +341,9 @@ def well_images(
     for i, image in enumerate(_get(well, "images", doc.path, "well.images")):
         path = _get(image, "path", doc.path, f"well.images[{i}].path")
         acq = image.get("acquisition") if isinstance(image, dict) else None
-        images.append((str(path), None if acq is None else int(acq)))
+        if acq is not None and (not isinstance(acq, int) or isinstance(acq, bool)):
+            raise NgffReadError(doc.path, f"well.images[{i}].acquisition", "must be an integer")
+        images.append((str(path), acq))
     return attrs, images
 
 

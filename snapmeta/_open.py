@@ -559,7 +559,12 @@ class Plate:
         if self._json is not None:
             return self._json.attrs
         snap = self._entry.snapshot
-        return json.loads(snap.blob(snap.root_attributes_blob))
+        record = {
+            "attributes": snap.root_attributes_blob,
+            "documents": [snap.root_fingerprint],
+            "zarr_format": self.zarr_format,
+        }
+        return _attributes(self._root, record, snap.blob_or_none, self._check)
 
     # -- structure ------------------------------------------------------------------
 

@@ -18,7 +18,9 @@ from .errors import Problem
 
 class _Model(BaseModel):
     # NGFF allows extra keys everywhere; they stay in the node's attributes.
-    model_config = ConfigDict(extra="allow")
+    # Strict: "0", 0.0 or false are not integers in NGFF, and the snapshot
+    # stores the values as written, so coercing them here would hide errors.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _Named(_Model):

@@ -75,14 +75,16 @@ def verify(
         wells = list(snap.iter_wells())
         for i in range(snap.blob_count):
             snap.blob(i)
+        snap.position_paths()
+        typed_sections = [
+            ("positions", snap.typed_positions(), records),
+            ("wells", snap.typed_wells(), wells),
+        ]
     except SnapmetaError as exc:
         report.problems.append(str(exc))
         return report
     report.positions, report.wells = len(records), len(wells)
-    for kind, typed, checked in (
-        ("positions", snap.typed_positions(), records),
-        ("wells", snap.typed_wells(), wells),
-    ):
+    for kind, typed, checked in typed_sections:
         for i, (row, record) in enumerate(zip(typed, checked, strict=True)):
             row = {k: v for k, v in row.items() if k not in ("record", "checksum")}
             if row != record:

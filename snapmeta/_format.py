@@ -359,20 +359,18 @@ class _Binary:
                 offset=array.offset * (8 if large else 4),
             )
         except (ValueError, TypeError) as exc:
-            raise _corrupt(path, f"{name}: offsets buffer too short", name) from exc
+            raise corrupt(path, f"{name}: offsets buffer too short", name) from exc
         self.data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
 
     def get(self, index: int, path: Path, section: str) -> memoryview:
         start = int(self.offsets[index])
         end = int(self.offsets[index + 1])
         if not 0 <= start <= end <= len(self.data):
-            raise _corrupt(
-                path, f"{section}[{index}]: record offsets out of bounds", section, index
-            )
+            raise corrupt(path, f"{section}[{index}]: record offsets out of bounds", section, index)
         return self.data[start:end]
 
 
-def _corrupt(path: Path, reason: str, section: str | None = None, index: int | None = None):
+def corrupt(path: Path, reason: str, section: str | None = None, index: int | None = None):
     return SnapshotCorruptError(
         f"snapshot {path} is corrupt: {reason}; rebuild it with `snapmeta build {path.parent}`",
         snapshot=str(path),
@@ -384,7 +382,7 @@ def _corrupt(path: Path, reason: str, section: str | None = None, index: int | N
 
 def _fixed(array: pa.Array, dtype: type[np.generic], name: str, path: Path) -> np.ndarray:
     if array.null_count:
-        raise _corrupt(path, f"{name}: unexpected nulls", name)
+        raise corrupt(path, f"{name}: unexpected nulls", name)
     try:
         return np.frombuffer(
             array.buffers()[1],
@@ -393,7 +391,7 @@ def _fixed(array: pa.Array, dtype: type[np.generic], name: str, path: Path) -> n
             offset=array.offset * np.dtype(dtype).itemsize,
         )
     except (ValueError, TypeError) as exc:
-        raise _corrupt(path, f"{name}: buffer too short", name) from exc
+        raise corrupt(path, f"{name}: buffer too short", name) from exc
 
 
 def _pylist(array: pa.Array, section: str, path: Path) -> list[Any]:
@@ -407,7 +405,7 @@ def _pylist(array: pa.Array, section: str, path: Path) -> list[Any]:
         array.validate(full=True)
         return array.to_pylist()
     except (pa.ArrowException, UnicodeDecodeError, ValueError, OverflowError) as exc:
-        raise _corrupt(path, f"{section}: invalid column data ({exc})", section) from exc
+        raise corrupt(path, f"{section}: invalid column data ({exc})", section) from exc
 
 
 class SnapshotFile:
@@ -437,13 +435,13 @@ class SnapshotFile:
                 "digest": bytes.fromhex(meta[META_PREFIX + "root_digest"]),
             }
         except (KeyError, ValueError) as exc:
-            raise _corrupt(path, f"schema metadata: {exc}") from exc
+            raise corrupt(path, f"schema metadata: {exc}") from exc
         positions = batch.column("positions").values
         wells = batch.column("wells").values
         lookup = batch.column("lookup").values
         blobs = batch.column("blobs").values
         if len(positions) != self.position_count or len(wells) != self.well_count:
-            raise _corrupt(path, "section lengths do not match the header")
+            raise corrupt(path, "section lengths do not match the header")
         self._positions = _Binary(positions.field("record"), "positions", path)
         self._position_sums = _fixed(positions.field("checksum"), np.uint32, "positions", path)
         self._wells = _Binary(wells.field("record"), "wells", path)
@@ -453,7 +451,7 @@ class SnapshotFile:
         self._slot_sums = _fixed(lookup.field("checksum"), np.uint32, "lookup", path)
         capacity = len(self._slot_hash)
         if capacity == 0 or capacity & (capacity - 1):
-            raise _corrupt(path, "lookup: capacity is not a power of two", "lookup")
+            raise corrupt(path, "lookup: capacity is not a power of two", "lookup")
         self._mask = capacity - 1
         self._blobs = _Binary(blobs.field("data"), "blobs", path)
         self._blob_sums = _fixed(blobs.field("checksum"), np.uint32, "blobs", path)
@@ -475,7 +473,7 @@ class SnapshotFile:
         acquisitions = _pylist(batch.column("acquisitions").values, "acquisitions", self.path)
         expected = self.meta.get(META_PREFIX + "plate_checksum")
         if expected != str(plate_checksum(rows, columns, acquisitions)):
-            raise _corrupt(self.path, "plate section checksum mismatch", "plate")
+            raise corrupt(self.path, "plate section checksum mismatch", "plate")
         return rows, columns, acquisitions
 
     # -- entries ----------------------------------------------------------------
@@ -483,36 +481,36 @@ class SnapshotFile:
     def _record(self, column: _Binary, sums: np.ndarray, index: int, section: str) -> Any:
         data = column.get(index, self.path, section)
         if zlib.crc32(data) != int(sums[index]):
-            raise _corrupt(self.path, f"{section}[{index}]: checksum mismatch", section, index)
+            raise corrupt(self.path, f"{section}[{index}]: checksum mismatch", section, index)
         try:
             return unpack(data)
         except Exception as exc:  # any msgpack failure here means damage
-            raise _corrupt(
+            raise corrupt(
                 self.path, f"{section}[{index}]: undecodable record", section, index
             ) from exc
 
     def position(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.position_count:
-            raise _corrupt(self.path, f"positions[{index}]: index out of range", "positions", index)
+            raise corrupt(self.path, f"positions[{index}]: index out of range", "positions", index)
         record = self._record(self._positions, self._position_sums, index, "positions")
         if not isinstance(record, dict) or tuple(record) != POSITION_NAMES:
-            raise _corrupt(self.path, f"positions[{index}]: unexpected record layout", "positions")
+            raise corrupt(self.path, f"positions[{index}]: unexpected record layout", "positions")
         return record
 
     def well(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.well_count:
-            raise _corrupt(self.path, f"wells[{index}]: index out of range", "wells", index)
+            raise corrupt(self.path, f"wells[{index}]: index out of range", "wells", index)
         record = self._record(self._wells, self._well_sums, index, "wells")
         if not isinstance(record, dict) or tuple(record) != WELL_NAMES:
-            raise _corrupt(self.path, f"wells[{index}]: unexpected record layout", "wells")
+            raise corrupt(self.path, f"wells[{index}]: unexpected record layout", "wells")
         return record
 
     def blob(self, index: int) -> bytes:
         if not 0 <= index < len(self._blob_sums):
-            raise _corrupt(self.path, f"blobs[{index}]: index out of range", "blobs", index)
+            raise corrupt(self.path, f"blobs[{index}]: index out of range", "blobs", index)
         data = self._blobs.get(index, self.path, "blobs")
         if zlib.crc32(data) != int(self._blob_sums[index]):
-            raise _corrupt(self.path, f"blobs[{index}]: checksum mismatch", "blobs", index)
+            raise corrupt(self.path, f"blobs[{index}]: checksum mismatch", "blobs", index)
         return bytes(data)
 
     def blob_or_none(self, index: int) -> bytes | None:
@@ -526,7 +524,7 @@ class SnapshotFile:
             stored_hash = int(self._slot_hash[slot])
             target = int(self._slot_target[slot])
             if int(self._slot_sums[slot]) != slot_checksum(slot, stored_hash, target):
-                raise _corrupt(self.path, f"lookup[{slot}]: checksum mismatch", "lookup", slot)
+                raise corrupt(self.path, f"lookup[{slot}]: checksum mismatch", "lookup", slot)
             if target == EMPTY_SLOT:
                 return None
             if stored_hash == h:
@@ -546,7 +544,7 @@ class SnapshotFile:
             self._batch.column("positions").values.field("path"), "positions", self.path
         )
         if self.meta.get(META_PREFIX + "paths_checksum") != str(paths_checksum(paths)):
-            raise _corrupt(self.path, "position paths checksum mismatch", "positions")
+            raise corrupt(self.path, "position paths checksum mismatch", "positions")
         return paths
 
     def iter_positions(self) -> Iterator[dict[str, Any]]:
@@ -571,7 +569,7 @@ class SnapshotFile:
     def verify_lookup(self) -> None:
         for slot, h, target in self.lookup_targets():
             if int(self._slot_sums[slot]) != slot_checksum(slot, h, target):
-                raise _corrupt(self.path, f"lookup[{slot}]: checksum mismatch", "lookup", slot)
+                raise corrupt(self.path, f"lookup[{slot}]: checksum mismatch", "lookup", slot)
 
     @property
     def blob_count(self) -> int:
@@ -606,7 +604,7 @@ def open_file(path: str | os.PathLike[str]) -> SnapshotFile:
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
         # any Arrow error here (invalid, not implemented, out of memory for a
         # damaged length) means the footer or schema is damaged
-        raise _corrupt(path, f"not an Arrow IPC file ({exc})") from exc
+        raise corrupt(path, f"not an Arrow IPC file ({exc})") from exc
     meta = {
         k.decode(errors="replace"): v.decode(errors="replace")
         for k, v in (schema.metadata or {}).items()
@@ -629,18 +627,18 @@ def open_file(path: str | os.PathLike[str]) -> SnapshotFile:
             supported=SUPPORTED_VERSIONS,
         )
     if meta.get(META_PREFIX + "header_checksum") != str(header_checksum(meta)):
-        raise _corrupt(path, "header checksum mismatch", "header")
+        raise corrupt(path, "header checksum mismatch", "header")
     if not schema.remove_metadata().equals(SCHEMA):
-        raise _corrupt(path, "schema does not match format version 1", "schema")
+        raise corrupt(path, "schema does not match format version 1", "schema")
     try:
         if reader.num_record_batches != 1:
-            raise _corrupt(path, "expected exactly one record batch")
+            raise corrupt(path, "expected exactly one record batch")
         batch = reader.get_batch(0)
         batch.validate()
         if batch.num_rows != 1:
-            raise _corrupt(path, "expected exactly one row")
+            raise corrupt(path, "expected exactly one row")
         return SnapshotFile(path, source, batch, meta)
     except SnapshotFormatError:
         raise
     except (pa.ArrowException, OSError, ValueError, IndexError, KeyError, TypeError) as exc:
-        raise _corrupt(path, f"unreadable record batch ({exc})") from exc
+        raise corrupt(path, f"unreadable record batch ({exc})") from exc

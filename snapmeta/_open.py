@@ -448,7 +448,16 @@ class Plate:
     once per ``Plate``, since they depend on all of them.
     """
 
-    __slots__ = ("_check", "_entry", "_json", "_mode", "_on_stale", "_root", "_structure_checked")
+    __slots__ = (
+        "_check",
+        "_entry",
+        "_json",
+        "_mode",
+        "_on_stale",
+        "_root",
+        "_stale_json",
+        "_structure_checked",
+    )
 
     def __init__(self, root: Path, *, mode: Mode, check: Check, on_stale: OnStale) -> None:
         self._root = root
@@ -457,6 +466,7 @@ class Plate:
         self._on_stale = on_stale
         self._entry = _mapped(root)
         self._json: _JsonPlate | None = None
+        self._stale_json: _JsonPlate | None = None
         self._structure_checked = False
         root_fp = self._entry.snapshot.root_fingerprint
         if _freshness.document_changed(root, root_fp, check):
@@ -551,7 +561,13 @@ class Plate:
         if self._json is not None:
             return tuple(w["path"] for w in self._json.plate["wells"])
         snap = self._entry.snapshot
-        return tuple(snap.well(i)["path"] for i in range(snap.well_count))
+        # Positions are stored well by well and every well has one at least,
+        # so the checksummed path column lists the wells without decoding
+        # every well record.
+        wells = tuple(dict.fromkeys(p.rpartition("/")[0] for p in snap.position_paths()))
+        if len(wells) != snap.well_count:
+            raise _format.corrupt(snap.path, "wells do not match the position paths", "wells")
+        return wells
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -636,7 +652,7 @@ class Plate:
             _stale(
                 self._root, changed, self._on_stale, f"well {key} is read from its JSON document"
             )
-        return _JsonPlate(self._root, self.zarr_format).well(key, self)
+        return self._json_for_stale().well(key, self)
 
     def __getitem__(self, key: str) -> Position:
         record, from_snapshot = self._resolve(key)
@@ -671,7 +687,7 @@ class Plate:
                         self._on_stale,
                         f"{key} is read from its JSON documents",
                     )
-                    return _JsonPlate(self._root, self.zarr_format).position(key, self), False
+                    return self._json_for_stale().position(key, self), False
             raise self._not_found(key)
         record = snap.position(target)
         # The group document here; array documents when their level is opened.
@@ -679,8 +695,14 @@ class Plate:
         changed = _freshness.changed_documents(self._root, record["documents"][:1], self._check)
         if changed:
             _stale(self._root, changed, self._on_stale, f"{key} is read from its JSON documents")
-            return _JsonPlate(self._root, self.zarr_format).position(key, self), False
+            return self._json_for_stale().position(key, self), False
         return record, True
+
+    def _json_for_stale(self) -> _JsonPlate:
+        """JSON reader for nodes found stale; parses the plate document once per Plate."""
+        if self._stale_json is None:
+            self._stale_json = _JsonPlate(self._root, self.zarr_format)
+        return self._stale_json
 
     def _not_found(self, key: str) -> PositionNotFoundError:
         candidates = self._paths() if len(self) <= 100_000 else []

@@ -9,10 +9,12 @@ memory-mapped snapshot instead of parsing a JSON document per node.
 What is O(1) and what is not
     Opening the plate and ``plate["B/3/0"]`` (a position) cost what
     :func:`snapmeta.open_position` costs: a few ``stat`` calls and one decoded
-    record. Rows, wells, iteration, ``positions()``, ``len`` and the plate's
-    ``channel_names``/``axes`` read the snapshot's position index once per
-    plate object (O(positions) of in-memory work, no JSON). Pixel arrays are
-    built from the array metadata stored in the snapshot.
+    record; a well (``plate["B/3"]``) costs one record per field. Rows,
+    iteration, ``positions()``, ``len`` and the plate's ``channel_names``/
+    ``axes`` read the snapshot's position index once per plate object
+    (O(positions) of in-memory work, no JSON). Pixel arrays are built from the
+    array metadata stored in the snapshot; an array document is checked when
+    its level is first opened.
 
 Models
     ``metadata`` and ``axes`` are built on first access only. When iohub is
@@ -48,12 +50,14 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import GenericAlias
 from typing import Any, ClassVar, Literal
 
 import zarr
 
 from . import _open
 from ._arrays import local_store
+from ._freshness import Check
 from .errors import (
     ChannelNotFoundError,
     NotAPlateError,
@@ -116,8 +120,8 @@ def _iohub(name: str) -> Any:
         with _iohub_lock:
             if name not in _iohub_cache:
                 try:
-                    import iohub.ngff as ngff
-                    from iohub.ngff import models
+                    import iohub.ngff as ngff  # type: ignore[import-untyped,unused-ignore]
+                    from iohub.ngff import models  # type: ignore[import-untyped,unused-ignore]
                 except ImportError:
                     found: dict[str, Any] = dict.fromkeys(("open", "Plate", "models"))
                 else:
@@ -138,7 +142,7 @@ def _iohub_axes(axes: tuple[_open.Axis, ...]) -> list[Any] | None:
     from pydantic import TypeAdapter, ValidationError
 
     if _axes_adapter is None:
-        _axes_adapter = TypeAdapter(list[models.AxisMeta])
+        _axes_adapter = TypeAdapter(GenericAlias(list, (models.AxisMeta,)))
     raw = [
         {k: v for k, v in (("name", a.name), ("type", a.type), ("unit", a.unit)) if v is not None}
         for a in axes
@@ -465,11 +469,14 @@ def _open_group(root: Path, node: str, mode: str, zarr_format: int) -> zarr.Grou
     """The zarr group of a node (reads its JSON document: not the O(1) path)."""
     store = local_store(root, read_only=mode == "r")
     return zarr.open_group(
-        store=store, path=node, mode="r" if mode == "r" else "r+", zarr_format=zarr_format
+        store=store,
+        path=node,
+        mode="r" if mode == "r" else "r+",
+        zarr_format=2 if zarr_format == 2 else 3,
     )
 
 
-def _reopen(root: str, key: str, mode: Mode, check: str, fallback: bool) -> Any:
+def _reopen(root: str, key: str, mode: Mode, check: Check, fallback: bool) -> Any:
     plate = open_ome_zarr(root, layout="hcs", mode=mode, check=check, fallback=fallback)
     return plate if not key else plate[key]
 
@@ -486,6 +493,10 @@ class _Handle:
     def __reduce__(self) -> tuple[Any, ...]:
         p = self._plate
         return (_reopen, (str(p._root), self._key, p._mode, p._check, p._fallback))
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        p = self._plate
+        return (f"snapmeta.compat.{type(self).__name__}", str(p._root), self._key, p._mode)
 
     def __getattr__(self, name: str) -> Any:
         call = type(self)._IOHUB_ONLY.get(name)
@@ -538,7 +549,7 @@ class ImageArray(zarr.Array):
     path and key, and re-opens from the snapshot in the receiving process.
     """
 
-    _reopen_args: tuple[str, str, str, str, bool] | None = None
+    _reopen_args: tuple[str, str, Mode, Check, bool] | None = None
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         if self._reopen_args is None:  # e.g. made by with_config(): plain zarr pickling
@@ -603,7 +614,7 @@ class Position(_Handle):
     snapshot's array metadata without reading any document.
     """
 
-    __slots__ = ("__dict__", "_arrays", "_core", "_key", "_plate")
+    __slots__ = ("__dict__", "_arrays", "_core", "_delegated", "_key", "_plate")
 
     _IOHUB_ONLY: ClassVar[dict[str, str]] = {
         name: f"Position.{name}(...)"
@@ -629,13 +640,36 @@ class Position(_Handle):
         self._core = core
         self._key = core.path
         self._arrays: dict[str, ImageArray] = {}
+        self._delegated = False
+
+    def _serve(
+        self, native: Callable[[_open.Position], Any], delegate: Callable[[Any], Any]
+    ) -> Any:
+        """``native(core)``; if the snapshot proves stale for this position (an array
+        document or a large attribute document changed after the lookup), the
+        plate falls back once and this position is served by the fallback."""
+        plate = self._plate
+        for _ in range(3):
+            if self._delegated:
+                return delegate(plate._iohub_plate[self._key])
+            try:
+                return native(self._core)
+            except StaleSnapshotError as exc:
+                if plate._iohub_plate is None and not plate._lenient:
+                    plate._degrade(exc)  # raises with fallback=False
+                if plate._iohub_plate is not None:
+                    self._delegated = True
+                else:  # snapmeta's JSON fallback, which warns itself
+                    self._core = plate._core[self._key]
+                    self._arrays.clear()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def __repr__(self) -> str:
         return f"<snapmeta.compat.Position {self._key!r} of {str(self._plate._root)!r}>"
 
     @property
     def native(self) -> _open.Position:
-        """The underlying :class:`snapmeta.Position`."""
+        """The underlying :class:`snapmeta.Position` (opened with ``on_stale="raise"``)."""
         return self._core
 
     # -- channels and axes ----------------------------------------------------
@@ -717,7 +751,11 @@ class Position(_Handle):
         if attrs is None:
             p = self._plate
             attrs = Attributes(
-                lambda: self._core.attrs, p._root, self._key, p._mode, p._zarr_format
+                lambda: self._serve(lambda core: core.attrs, lambda io: io.zattrs.asdict()),
+                p._root,
+                self._key,
+                p._mode,
+                p._zarr_format,
             )
             self.__dict__["zattrs"] = attrs
         return attrs
@@ -775,7 +813,10 @@ class Position(_Handle):
                     key=f"{self._key}/{name}",
                     suggestions=tuple(self._core.levels),
                 )
-            array = ImageArray(self._core[name].async_array)
+            opened = self._serve(lambda core: core[name], lambda io: io[name])
+            if not isinstance(opened, zarr.Array) or self._delegated:
+                return opened  # the fallback's own array
+            array = ImageArray(opened.async_array)
             p = self._plate
             array._reopen_args = (
                 str(p._root),
@@ -810,25 +851,34 @@ class Position(_Handle):
 
 
 class Well(_Handle):
-    """A well: iterates its positions (field names, sorted as iohub does)."""
+    """A well: iterates its positions (field names, sorted as iohub does).
 
-    __slots__ = ("__dict__", "_key", "_plate")
+    Built from :meth:`snapmeta.Plate.well`: fields and attributes come from the
+    snapshot, checked against the well's document when the well is looked up.
+    """
+
+    __slots__ = ("__dict__", "_core", "_key", "_plate")
 
     _IOHUB_ONLY: ClassVar[dict[str, str]] = {
         "create_position": "Well.create_position(name)",
         "dump_meta": "Well.dump_meta()",
     }
 
-    def __init__(self, plate: Plate, path: str) -> None:
+    def __init__(self, plate: Plate, core: _open.Well) -> None:
         self._plate = plate
-        self._key = path
+        self._core = core
+        self._key = core.path
 
     def __repr__(self) -> str:
         return f"<snapmeta.compat.Well {self._key!r} of {str(self._plate._root)!r}>"
 
+    @property
+    def native(self) -> _open.Well:
+        """The underlying :class:`snapmeta.Well`."""
+        return self._core
+
     def _fields(self) -> list[str]:
-        row, col = self._key.split("/")
-        return sorted(self._plate._layout()[row][col])
+        return sorted(path.rpartition("/")[2] for path in self._core.positions)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fields())
@@ -862,12 +912,12 @@ class Well(_Handle):
 
     @property
     def zattrs(self) -> Attributes:
-        """The well's attributes (read from its JSON document on first access)."""
+        """The well's attributes, from the snapshot."""
         attrs = self.__dict__.get("zattrs")
         if attrs is None:
             p = self._plate
             attrs = Attributes(
-                lambda: self.zgroup.attrs.asdict(), p._root, self._key, p._mode, p._zarr_format
+                lambda: dict(self._core.attrs), p._root, self._key, p._mode, p._zarr_format
             )
             self.__dict__["zattrs"] = attrs
         return attrs
@@ -984,7 +1034,7 @@ class Plate(_Handle):
     }
 
     def __init__(
-        self, core: _open.Plate, *, mode: Mode, check: str, fallback: bool, lenient: bool = False
+        self, core: _open.Plate, *, mode: Mode, check: Check, fallback: bool, lenient: bool = False
     ):
         self._core = core
         self._root = core.store
@@ -1004,7 +1054,7 @@ class Plate(_Handle):
 
     @property
     def native(self) -> _open.Plate:
-        """The underlying :class:`snapmeta.Plate`."""
+        """The underlying :class:`snapmeta.Plate` (opened with ``on_stale="raise"``)."""
         return self._core
 
     # -- staleness ------------------------------------------------------------
@@ -1089,11 +1139,10 @@ class Plate(_Handle):
         if len(parts) >= 3:
             position = Position(self, self._core["/".join(parts[:3])])
             return position if len(parts) == 3 else position["/".join(parts[3:])]
-        layout = self._layout()
-        if len(parts) == 1 and parts[0] in layout:
+        if len(parts) == 2:
+            return Well(self, self._core.well(path))
+        if len(parts) == 1 and parts[0] in self._layout():
             return Row(self, parts[0])
-        if len(parts) == 2 and parts[1] in layout.get(parts[0], ()):
-            return Well(self, path)
         raise _not_found(self._root, path)
 
     def rows(self) -> Iterator[tuple[str, Any]]:
@@ -1102,9 +1151,6 @@ class Plate(_Handle):
 
     def wells(self) -> Iterator[tuple[str, Any]]:
         """``(path, Well)`` for every well, rows then columns in iohub's (sorted) order."""
-        if self._iohub_plate is not None:
-            yield from self._iohub_plate.wells()
-            return
         layout = self._serve(self._layout, lambda io: None)
         if layout is None:
             yield from self._iohub_plate.wells()
@@ -1115,9 +1161,6 @@ class Plate(_Handle):
 
     def positions(self) -> Iterator[tuple[str, Any]]:
         """``(path, Position)`` for every position, in iohub's order."""
-        if self._iohub_plate is not None:
-            yield from self._iohub_plate.positions()
-            return
         layout = self._serve(self._layout, lambda io: None)
         if layout is None:
             yield from self._iohub_plate.positions()
@@ -1173,7 +1216,11 @@ class Plate(_Handle):
         attrs = self.__dict__.get("zattrs")
         if attrs is None:
             attrs = Attributes(
-                lambda: self._core.attrs, self._root, "", self._mode, self._zarr_format
+                lambda: self._serve(lambda: self._core.attrs, lambda io: io.zattrs.asdict()),
+                self._root,
+                "",
+                self._mode,
+                self._zarr_format,
             )
             self.__dict__["zattrs"] = attrs
         return attrs
@@ -1314,7 +1361,7 @@ def open_ome_zarr(
 def _fall_back(
     root: Path,
     mode: Mode,
-    check: str,
+    check: Check,
     fallback: bool,
     reason: str,
     exc: SnapshotNotFoundError | StaleSnapshotError,

@@ -850,7 +850,59 @@ class Position(_Handle):
 # Row and Well
 
 
-class Well(_Handle):
+class _Children(_Handle):
+    """A row or a well: a sorted view of its children, each reached through the plate."""
+
+    __slots__ = ()
+
+    def _children(self) -> list[str]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._children())
+
+    def __len__(self) -> int:
+        return len(self._children())
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return _normalize(key) in self._children()
+        except ValueError:
+            return False
+
+    def group_keys(self) -> list[str]:
+        return self._children()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._plate[f"{self._key}/{_normalize(key)}"]
+
+    def _items(self) -> Iterator[tuple[str, Any]]:
+        for name in self._children():
+            yield name, self._plate[f"{self._key}/{name}"]
+
+    @property
+    def channel_names(self) -> list[Any]:
+        return self._plate.channel_names
+
+    @property
+    def axes(self) -> list[Any]:
+        return self._plate.axes
+
+    def _load_attrs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def zattrs(self) -> Attributes:
+        """The group's attributes (a well's come from the snapshot)."""
+        attrs = self.__dict__.get("zattrs")
+        if attrs is None:
+            p = self._plate
+            attrs = Attributes(self._load_attrs, p._root, self._key, p._mode, p._zarr_format)
+            self.__dict__["zattrs"] = attrs
+        return attrs
+
+
+class Well(_Children):
     """A well: iterates its positions (field names, sorted as iohub does).
 
     Built from :meth:`snapmeta.Plate.well`: fields and attributes come from the
@@ -877,50 +929,14 @@ class Well(_Handle):
         """The underlying :class:`snapmeta.Well`."""
         return self._core
 
-    def _fields(self) -> list[str]:
+    def _children(self) -> list[str]:
         return sorted(path.rpartition("/")[2] for path in self._core.positions)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._fields())
-
-    def __len__(self) -> int:
-        return len(self._fields())
-
-    def __contains__(self, key: object) -> bool:
-        try:
-            return _normalize(key) in self._fields()
-        except ValueError:
-            return False
-
-    def group_keys(self) -> list[str]:
-        return self._fields()
-
-    def __getitem__(self, key: str) -> Any:
-        return self._plate[f"{self._key}/{_normalize(key)}"]
-
     def positions(self) -> Iterator[tuple[str, Any]]:
-        for field in self._fields():
-            yield field, self._plate[f"{self._key}/{field}"]
+        return self._items()
 
-    @property
-    def channel_names(self) -> list[Any]:
-        return self._plate.channel_names
-
-    @property
-    def axes(self) -> list[Any]:
-        return self._plate.axes
-
-    @property
-    def zattrs(self) -> Attributes:
-        """The well's attributes, from the snapshot."""
-        attrs = self.__dict__.get("zattrs")
-        if attrs is None:
-            p = self._plate
-            attrs = Attributes(
-                lambda: dict(self._core.attrs), p._root, self._key, p._mode, p._zarr_format
-            )
-            self.__dict__["zattrs"] = attrs
-        return attrs
+    def _load_attrs(self) -> dict[str, Any]:
+        return dict(self._core.attrs)
 
     @property
     def metadata(self) -> Any:
@@ -932,7 +948,7 @@ class Well(_Handle):
         return meta
 
 
-class Row(_Handle):
+class Row(_Children):
     """A plate row: iterates its wells (column names, sorted as iohub does)."""
 
     __slots__ = ("__dict__", "_key", "_plate")
@@ -944,53 +960,14 @@ class Row(_Handle):
     def __repr__(self) -> str:
         return f"<snapmeta.compat.Row {self._key!r} of {str(self._plate._root)!r}>"
 
-    def _columns(self) -> list[str]:
+    def _children(self) -> list[str]:
         return sorted(self._plate._layout()[self._key])
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._columns())
-
-    def __len__(self) -> int:
-        return len(self._columns())
-
-    def __contains__(self, key: object) -> bool:
-        try:
-            return _normalize(key) in self._plate._layout()[self._key]
-        except ValueError:
-            return False
-
-    def group_keys(self) -> list[str]:
-        return self._columns()
-
-    def __getitem__(self, key: str) -> Any:
-        return self._plate[f"{self._key}/{_normalize(key)}"]
-
     def wells(self) -> Iterator[tuple[str, Any]]:
-        for col in self._columns():
-            yield col, self._plate[f"{self._key}/{col}"]
+        return self._items()
 
-    @property
-    def channel_names(self) -> list[Any]:
-        return self._plate.channel_names
-
-    @property
-    def axes(self) -> list[Any]:
-        return self._plate.axes
-
-    @property
-    def zattrs(self) -> Attributes:
-        attrs = self.__dict__.get("zattrs")
-        if attrs is None:
-            p = self._plate
-            attrs = Attributes(
-                lambda: self.zgroup.attrs.asdict(), p._root, self._key, p._mode, p._zarr_format
-            )
-            self.__dict__["zattrs"] = attrs
-        return attrs
-
-
-# ---------------------------------------------------------------------------
-# Plate
+    def _load_attrs(self) -> dict[str, Any]:
+        return self.zgroup.attrs.asdict()
 
 
 class Plate(_Handle):

@@ -154,7 +154,13 @@ def _mapped(root: Path) -> _Mapped:
         if entry is None or entry.identity != identity:
             # The old mapping stays valid for handles that hold it: os.replace
             # gave the new snapshot a new inode.
-            entry = _Mapped(identity, _format.open_file(path))
+            snapshot = _format.open_file(path)
+            after = os.stat(path)
+            if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) != identity:
+                # replaced between the stat and the mapping: which file is
+                # mapped is unknown, so do not cache it under either identity
+                return _Mapped(identity, snapshot)
+            entry = _Mapped(identity, snapshot)
             _cache[key] = entry
     return entry
 
@@ -303,10 +309,20 @@ class Position:
             suggestions=tuple(levels),
         )
 
+    def _level_record(self, i: int) -> dict[str, Any]:
+        """The record, once level ``i``'s array documents are known to be fresh."""
+        if self._checked is not None and i not in self._checked:
+            self._check_level(i)
+        return self._record
+
     def level(self, level: str | int = 0) -> ArrayInfo:
-        """Shape, chunks, dtype and transforms of one level (no I/O)."""
+        """Shape, chunks, dtype and transforms of one level.
+
+        No metadata is read: the first use of a level costs one ``stat`` per
+        array document, as opening its array does.
+        """
         i = self._level_index(level)
-        r = self._record
+        r = self._level_record(i)
         scale = r["level_scale"][i]
         if r["global_scale"] is not None:
             scale = [a * b for a, b in zip(scale, r["global_scale"], strict=False)]
@@ -327,15 +343,15 @@ class Position:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._record["shape"][0])
+        return tuple(self._level_record(0)["shape"][0])
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return tuple(self._record["chunks"][0])
+        return tuple(self._level_record(0)["chunks"][0])
 
     @property
     def dtype(self) -> str:
-        return self._record["dtype"][0]
+        return self._level_record(0)["dtype"][0]
 
     # -- data -----------------------------------------------------------------------
 
@@ -347,9 +363,7 @@ class Position:
     def __getitem__(self, level: str | int) -> zarr.Array:
         """The zarr array of one level, opened from the snapshot's metadata."""
         i = self._level_index(level)
-        if self._checked is not None and i not in self._checked:
-            self._check_level(i)
-        record = self._record  # the check may have replaced it with a JSON read
+        record = self._level_record(i)  # the check may replace it with a JSON read
         path = f"{record['path']}/{record['levels'][i]}"
         if self._checked is None:
             # served from JSON: the record holds the array document itself
@@ -690,9 +704,13 @@ class Plate:
                     return self._json_for_stale().position(key, self), False
             raise self._not_found(key)
         record = snap.position(target)
-        # The group document here; array documents when their level is opened.
-        # A deleted position fails this stat, so the well need not be checked.
-        changed = _freshness.changed_documents(self._root, record["documents"][:1], self._check)
+        # The well and group documents here; array documents when their level
+        # is first used. The well's images list decides membership: a position
+        # dropped from it but left on disk is no longer in the plate.
+        well = snap.well(record["well_index"])
+        changed = _freshness.changed_documents(
+            self._root, [*well["documents"], *record["documents"][:1]], self._check
+        )
         if changed:
             _stale(self._root, changed, self._on_stale, f"{key} is read from its JSON documents")
             return self._json_for_stale().position(key, self), False

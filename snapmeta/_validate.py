@@ -177,7 +177,17 @@ def validate_plate(document: str, plate: Any) -> list[Problem]:
     for kind, names in (("rows", rows), ("columns", columns)):
         if len(set(names)) != len(names):
             problems.append(Problem(document, f"plate.{kind}", "names are not unique"))
+        for i, name in enumerate(names):
+            if not _safe_name(name):
+                problems.append(
+                    Problem(document, f"plate.{kind}[{i}].name", f"{name!r} is not a plain name")
+                )
     return problems
+
+
+def _safe_name(name: str) -> bool:
+    # Names become path segments: never let one climb out of the store.
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 def validate_well(document: str, well: Any) -> list[Problem]:
@@ -186,6 +196,11 @@ def validate_well(document: str, well: Any) -> list[Problem]:
         paths = [image["path"] for image in well["images"]]
         if len(set(paths)) != len(paths):
             problems.append(Problem(document, "well.images", "image paths are not unique"))
+        for i, path in enumerate(paths):
+            if not _safe_name(path):
+                problems.append(
+                    Problem(document, f"well.images[{i}].path", f"{path!r} is not a plain name")
+                )
     return problems
 
 
@@ -218,6 +233,15 @@ def validate_image(document: str, ome: Any) -> list[Problem]:
                 )
             )
     paths = [d["path"] for d in ms["datasets"]]
+    for i, path in enumerate(paths):
+        if not path or path.startswith("/") or ".." in path.split("/"):
+            problems.append(
+                Problem(
+                    document,
+                    f"multiscales[0].datasets[{i}].path",
+                    f"{path!r} leaves the image group",
+                )
+            )
     if len(set(paths)) != len(paths):
         problems.append(
             Problem(document, "multiscales[0].datasets", "dataset paths are not unique")

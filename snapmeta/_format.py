@@ -428,7 +428,7 @@ class SnapshotFile:
             self.position_count = int(meta[META_PREFIX + "position_count"])
             self.well_count = int(meta[META_PREFIX + "well_count"])
             self.root_attributes_blob = int(meta[META_PREFIX + "root_attributes"])
-            self.root_fingerprint = {
+            self.root_fingerprint: dict[str, Any] = {
                 "path": meta[META_PREFIX + "root_document"],
                 "size": int(meta[META_PREFIX + "root_size"]),
                 "mtime_ns": int(meta[META_PREFIX + "root_mtime_ns"]),
@@ -516,8 +516,12 @@ class SnapshotFile:
     def blob_or_none(self, index: int) -> bytes | None:
         return None if index == NO_BLOB else self.blob(index)
 
-    def find(self, key: str) -> int | None:
-        """Lookup target of ``key``: position row (>= 0), ``-2 - well`` or None."""
+    def lookup(self, key: str) -> tuple[int, dict[str, Any]] | None:
+        """``(target, record)`` of ``key``: a position row (>= 0) or ``-2 - well``.
+
+        The record is decoded anyway to confirm the path, so it is returned
+        rather than decoded twice.
+        """
         h = key_hash(key)
         slot = h & self._mask
         for _ in range(self._mask + 1):
@@ -530,9 +534,14 @@ class SnapshotFile:
             if stored_hash == h:
                 record = self.position(target) if target >= 0 else self.well(-2 - target)
                 if record["path"] == key:
-                    return target
+                    return target, record
             slot = (slot + 1) & self._mask
         return None
+
+    def find(self, key: str) -> int | None:
+        """Lookup target of ``key`` (see :meth:`lookup`), or None."""
+        found = self.lookup(key)
+        return None if found is None else found[0]
 
     def position_paths(self) -> list[str]:
         """Every position path in plate order, verified against ``paths_checksum``.

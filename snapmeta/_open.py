@@ -139,13 +139,13 @@ _cache_lock = threading.Lock()
 
 def _mapped(root: Path) -> _Mapped:
     """The mapped snapshot of ``root``; one ``stat`` tells whether it was replaced."""
-    path = _format.snapshot_path(root)
+    path = f"{root}/{_format.SNAPSHOT_NAME}"  # a str: pathlib costs more than the stat
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise _format.snapshot_not_found(path) from None
+        raise _format.snapshot_not_found(Path(path)) from None
     identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    key = str(path)
+    key = path
     entry = _cache.get(key)
     if entry is not None and entry.identity == identity:
         return entry
@@ -649,10 +649,10 @@ class Plate:
         key = path.strip("/")
         snap = self._entry.snapshot
         if self._json is None:
-            target = snap.find(key)
-            if target is None or target >= -1:
+            found = snap.lookup(key)
+            if found is None or found[0] >= -1:
                 raise self._not_found(key)
-            record = snap.well(-2 - target)
+            record = found[1]
             changed = _freshness.changed_documents(self._root, record["documents"], self._check)
             if not changed:
                 first, count = record["first_position"], record["position_count"]
@@ -687,12 +687,12 @@ class Plate:
         if self._json is not None:
             return self._json.position(key, self), False
         snap = self._entry.snapshot
-        target = snap.find(key)
-        if target is None or target < 0:
+        found = snap.lookup(key)
+        if found is None or found[0] < 0:
             well_path = key.rsplit("/", 1)[0] if key.count("/") == 2 else None
-            well_target = snap.find(well_path) if well_path else None
-            if well_target is not None and well_target < -1:
-                well = snap.well(-2 - well_target)
+            well_found = snap.lookup(well_path) if well_path else None
+            if well_found is not None and well_found[0] < -1:
+                well = well_found[1]
                 changed = _freshness.changed_documents(self._root, well["documents"], self._check)
                 if changed:
                     _stale(
@@ -703,7 +703,7 @@ class Plate:
                     )
                     return self._json_for_stale().position(key, self), False
             raise self._not_found(key)
-        record = snap.position(target)
+        record = found[1]
         # The well and group documents here; array documents when their level
         # is first used. The well's images list decides membership: a position
         # dropped from it but left on disk is no longer in the plate.

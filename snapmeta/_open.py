@@ -878,7 +878,8 @@ def open_position(
     """Open one position of a plate: the worker's entry point.
 
     Equivalent to ``open_plate(store, ...)[path]`` and just as cheap: one
-    ``stat`` of the snapshot and of the root document, a hash lookup, and one
-    ``stat`` per document of that position and its well.
+    ``stat`` each of the snapshot, the root, well and position documents, a
+    hash lookup, and one ``stat`` per array document when a level is first
+    used. No document is read and no JSON parsed.
     """
     return open_plate(store, mode=mode, check=check, on_stale=on_stale)[path]

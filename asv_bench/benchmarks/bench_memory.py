@@ -1,0 +1,57 @@
+"""Per-worker memory of N processes that each touch every position.
+
+N worker processes are alive at the same time; each opens the plate and
+looks up every position (channel names, scale, shape). ``snapmeta`` keeps
+only its plate handle: the snapshot is a shared read-only file mapping.
+``zarr-json`` walks plate -> wells -> positions with zarr groups and keeps
+each position's parsed attributes, the private equivalent of the snapshot.
+
+Private memory is USS (pages only this process maps), PSS splits shared pages
+between their users; both are read with psutil ``memory_full_info``
+(/proc/<pid>/smaps_rollup). ``*_delta`` subtracts the worker's memory after
+imports, so interpreter and library pages are left out. The measurement runs
+once in ``setup_cache`` for every (N, peer) and the track_ methods read it.
+"""
+
+import os
+from pathlib import Path
+
+from . import peers
+from .common import MEMORY_LAYOUT, SMOKE, ensure_plate, make_view
+
+WORKERS = [2] if SMOKE else [1, 2, 4]
+MEMORY_NGFF = "0.4"
+
+
+class WorkerMemory:
+    params = [WORKERS, peers.MEMORY_PEERS]
+    param_names = ["workers", "peer"]
+    timeout = 1800
+
+    def setup_cache(self):
+        import snapmeta
+
+        view = make_view(ensure_plate(MEMORY_LAYOUT, MEMORY_NGFF), Path.cwd() / "plate")
+        snapmeta.build_snapshot(view)
+        return {
+            (n, peer): peers.measure_worker_memory(peer, os.fspath(view.resolve()), n)
+            for peer in peers.MEMORY_PEERS
+            for n in WORKERS
+        }
+
+    setup_cache.timeout = 3600
+
+    def track_private_mb(self, results, n, peer):
+        return results[(n, peer)]["uss_delta"]
+
+    track_private_mb.unit = "MB"
+
+    def track_pss_mb(self, results, n, peer):
+        return results[(n, peer)]["pss_delta"]
+
+    track_pss_mb.unit = "MB"
+
+    def track_private_total_mb(self, results, n, peer):
+        return results[(n, peer)]["uss"]
+
+    track_private_total_mb.unit = "MB"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from snapmeta._open import clear_cache
 
 SLOW = bool(os.environ.get("SNAPMETA_SLOW"))
+_FORKSERVER: Any = None
+
+
+def forkserver_context() -> Any:
+    """One forkserver for the suite's worker processes, with snapmeta preloaded.
+
+    Builders, readers and writers in the reliability tests are real processes;
+    preloading keeps each start at a fork instead of a fresh interpreter.
+    """
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(
+            ["snapmeta", "snapmeta._build", "snapmeta._validate", "zarr", "pyarrow"]
+        )
+        _FORKSERVER = ctx
+    return _FORKSERVER
 
 
 @pytest.fixture(autouse=True)

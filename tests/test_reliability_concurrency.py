@@ -19,7 +19,6 @@ there were none.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import forkserver_context
 
 import snapmeta
 from snapmeta import _format
@@ -41,18 +41,7 @@ READERS = 3
 REBUILD_SECONDS = 1.5
 REBUILD_SECONDS_SLOW = 30.0
 
-_CTX: Any = None
-
-
-def _context() -> Any:
-    global _CTX
-    if _CTX is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(
-            ["snapmeta", "snapmeta._build", "snapmeta._validate", "zarr", "pyarrow"]
-        )
-        _CTX = ctx
-    return _CTX
+_context = forkserver_context
 
 
 def _start(target: Any, *args: Any) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import signal
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import forkserver_context
 
 import snapmeta
 from snapmeta import _format
@@ -119,18 +119,7 @@ def _builder(store: str, conn: Any, point: str | None) -> None:
     conn.send(("done", time.monotonic()))
 
 
-_CTX: Any = None
-
-
-def _context() -> Any:
-    global _CTX
-    if _CTX is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(
-            ["snapmeta", "snapmeta._build", "snapmeta._validate", "zarr", "pyarrow"]
-        )
-        _CTX = ctx
-    return _CTX
+_context = forkserver_context
 
 
 def run_builder(

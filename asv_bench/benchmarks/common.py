@@ -127,18 +127,10 @@ ALL_LAYOUTS = sorted(
 # position paths
 
 
-def _row_name(index: int) -> str:
-    # Spreadsheet-style row labels (A..Z, AA, AB, ...), as the generator uses.
-    name = ""
-    index += 1
-    while index:
-        index, rem = divmod(index - 1, 26)
-        name = chr(ord("A") + rem) + name
-    return name
-
-
 def position_paths(layout: str) -> list[str]:
     """All position paths of a layout, in plate order (wells row-major)."""
+    from snapmeta._plategen import _row_name as row_name  # the generator's own labels
+
     spec = LAYOUTS[layout]
     counts = [spec.fields] if isinstance(spec.fields, int) else list(spec.fields)
     paths = []
@@ -147,7 +139,7 @@ def position_paths(layout: str) -> list[str]:
         for c in range(spec.columns):
             n = counts[i % len(counts)]
             i += 1
-            paths.extend(f"{_row_name(r)}/{c + 1}/{f}" for f in range(n))
+            paths.extend(f"{row_name(r)}/{c + 1}/{f}" for f in range(n))
     return paths
 
 

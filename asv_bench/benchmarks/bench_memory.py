@@ -6,10 +6,17 @@ only its plate handle: the snapshot is a shared read-only file mapping.
 ``zarr-json`` walks plate -> wells -> positions with zarr groups and keeps
 each position's parsed attributes, the private equivalent of the snapshot.
 
-Private memory is USS (pages only this process maps), PSS splits shared pages
-between their users; both are read with psutil ``memory_full_info``
-(/proc/<pid>/smaps_rollup). ``*_delta`` subtracts the worker's memory after
-imports, so interpreter and library pages are left out. The measurement runs
+All figures come from /proc/<pid>/smaps_rollup, as growth per worker after
+imports (interpreter and library pages left out):
+
+* private dirty (``Private_Dirty``): anonymous and written pages, the memory a
+  worker really owns; the headline number.
+* PSS: every page divided by the number of processes mapping it; the
+  worker's fair share of the mapped snapshot falls as N grows.
+* USS (``Private_Clean + Private_Dirty``): also counts clean page-cache pages
+  of a file mapped by this process alone, so with N=1 it includes the
+  snapshot pages the worker touched (reclaimable, shared with any later
+  mapper); from N=2 on they are shared and drop out. The measurement runs
 once in ``setup_cache`` for every (N, peer) and the track_ methods read it.
 """
 
@@ -34,24 +41,24 @@ class WorkerMemory:
         view = make_view(ensure_plate(MEMORY_LAYOUT, MEMORY_NGFF), Path.cwd() / "plate")
         snapmeta.build_snapshot(view)
         return {
-            (n, peer): peers.measure_worker_memory(peer, os.fspath(view.resolve()), n)
+            (n, peer): peers.measure_worker_memory_isolated(peer, os.fspath(view.resolve()), n)
             for peer in peers.MEMORY_PEERS
             for n in WORKERS
         }
 
     setup_cache.timeout = 3600
 
-    def track_private_mb(self, results, n, peer):
-        return results[(n, peer)]["uss_delta"]
+    def track_private_dirty_mb(self, results, n, peer):
+        return results[(n, peer)]["private_dirty_delta"]
 
-    track_private_mb.unit = "MB"
+    track_private_dirty_mb.unit = "MB"
 
     def track_pss_mb(self, results, n, peer):
         return results[(n, peer)]["pss_delta"]
 
     track_pss_mb.unit = "MB"
 
-    def track_private_total_mb(self, results, n, peer):
-        return results[(n, peer)]["uss"]
+    def track_uss_mb(self, results, n, peer):
+        return results[(n, peer)]["uss_delta"]
 
-    track_private_total_mb.unit = "MB"
+    track_uss_mb.unit = "MB"

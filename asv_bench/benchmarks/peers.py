@@ -345,15 +345,34 @@ _MEMORY_CHILD = textwrap.dedent(
 
 
 def _memory(pid: int) -> dict[str, float]:
-    import psutil
+    """RSS, PSS, USS and private dirty bytes from /proc/<pid>/smaps_rollup.
 
-    info = psutil.Process(pid).memory_full_info()
-    return {"uss": info.uss, "pss": info.pss, "rss": info.rss}
+    USS (Private_Clean + Private_Dirty) counts clean page-cache pages of a
+    file that only this process maps, e.g. the snapshot when one worker maps
+    it: those are reclaimable and shared with any later mapper, not memory
+    the worker owns. Private_Dirty (anonymous and written pages) is.
+    """
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return {
+        "rss": fields["Rss"],
+        "pss": fields["Pss"],
+        "uss": fields["Private_Clean"] + fields["Private_Dirty"],
+        "private_dirty": fields["Private_Dirty"],
+    }
 
 
 def measure_worker_memory(peer: str, plate: str, n_workers: int) -> dict[str, float]:
     """Per-worker memory (MB, mean over workers) of ``n_workers`` processes
     that are alive at the same time, each having touched every position.
+
+    Call it from a process that has not mapped the plate's snapshot itself:
+    a mapping in the caller would share the pages and lower the workers' USS
+    and PSS.
 
     ``*_delta`` is after minus before the touch (imports excluded); the
     absolute values include the interpreter and imports.
@@ -399,10 +418,32 @@ def measure_worker_memory(peer: str, plate: str, n_workers: int) -> dict[str, fl
                 p.kill()
     mb = 1 / 2**20
     out: dict[str, float] = {"positions": float(counts[0]), "seconds": seconds}
-    for key in ("uss", "pss", "rss"):
+    for key in ("private_dirty", "uss", "pss", "rss"):
         out[key] = sum(a[key] for a in after) / n_workers * mb
         out[f"{key}_delta"] = (
             sum(a[key] - b[key] for a, b in zip(after, before, strict=True)) / n_workers * mb
         )
     gc.collect()
     return out
+
+
+def measure_worker_memory_isolated(peer: str, plate: str, n_workers: int) -> dict[str, float]:
+    """:func:`measure_worker_memory`, run from a fresh interpreter that has
+    mapped nothing, so the caller's own mappings cannot share the pages."""
+    import json
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {here!r})\n"
+        "from benchmarks import peers\n"
+        "out = peers.measure_worker_memory(sys.argv[1], sys.argv[2], int(sys.argv[3]))\n"
+        "print(json.dumps(out))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, peer, plate, str(n_workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(r.stdout.strip().splitlines()[-1])

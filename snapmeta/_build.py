@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -98,8 +99,6 @@ def build_snapshot(
 
 
 def _remove_if_old(path: Path, age_s: float = 3600.0) -> None:
-    import time
-
     try:
         if time.time() - path.stat().st_mtime > age_s:
             path.unlink()

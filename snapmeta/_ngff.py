@@ -9,7 +9,6 @@ and the extraction here is defensive enough that malformed input raises
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,8 +200,7 @@ def _array_summary(meta: dict[str, Any], zarr_format: int, document: str) -> dic
 
 
 def _fill_text(value: Any) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return json.dumps(value)  # NaN/Infinity spelled as JSON-with-NaN
+    # JSON text of the fill value; Python's json spells NaN/Infinity as zarr v2 does
     return json.dumps(value)
 
 

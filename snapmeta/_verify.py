@@ -45,8 +45,7 @@ class VerifyReport:
 
 def _comparable(record: Mapping[str, Any], blob: Any) -> dict[str, Any]:
     out = dict(record)
-    for key in ("attributes",):
-        out[key] = blob(out[key])
+    out["attributes"] = blob(out["attributes"])
     if "array_metadata" in out:
         out["array_metadata"] = [blob(b) for b in out["array_metadata"]]
     out["documents"] = [(d["path"], d["size"], d["digest"]) for d in out["documents"]]

@@ -8,6 +8,7 @@ range and tests/test_arrays.py checks the result against ``zarr.open_array``.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -27,4 +28,12 @@ def parse_metadata(document: dict[str, Any]) -> ArrayMetadata:
 
 
 def array_from_metadata(store: LocalStore, path: str, metadata: ArrayMetadata) -> zarr.Array:
-    return zarr.Array(AsyncArray(metadata, StorePath(store, path)))
+    """An array over ``metadata``, which may be shared by many positions.
+
+    zarr updates attributes in place (``metadata.attributes.update``), so the
+    handle gets its own metadata object with its own attributes: a write
+    through one array must never reach another array's document.
+    """
+    own = copy.copy(metadata)
+    object.__setattr__(own, "attributes", copy.deepcopy(metadata.attributes))
+    return zarr.Array(AsyncArray(own, StorePath(store, path)))

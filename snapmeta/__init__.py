@@ -1,13 +1,13 @@
 """snapmeta: open one position of a huge HCS OME-Zarr plate as cheaply as one file.
 
 ``build_snapshot`` reads and validates a plate's metadata once and writes a
-memory-mappable Arrow snapshot into the store; ``open_plate`` and
-``open_position`` then find any position in O(1) without parsing JSON.
+memory-mappable Arrow snapshot; ``open_plate`` and ``open_position`` then find
+any position in O(1) without parsing JSON.
 """
 
 from ._build import build_snapshot
 from ._open import Acquisition, ArrayInfo, Axis, Plate, Position, Well, open_plate, open_position
-from ._verify import verify
+from ._verify import VerifyReport, verify
 from ._version import __version__
 from .errors import (
     ChannelNotFoundError,
@@ -19,6 +19,7 @@ from .errors import (
     SnapshotFormatError,
     SnapshotNotFoundError,
     SnapshotStaleWarning,
+    SnapshotWriteError,
     StaleSnapshotError,
     UnsupportedFormatVersionError,
 )
@@ -38,8 +39,10 @@ __all__ = [
     "SnapshotFormatError",
     "SnapshotNotFoundError",
     "SnapshotStaleWarning",
+    "SnapshotWriteError",
     "StaleSnapshotError",
     "UnsupportedFormatVersionError",
+    "VerifyReport",
     "Well",
     "__version__",
     "build_snapshot",

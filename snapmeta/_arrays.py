@@ -1,39 +1,117 @@
-"""zarr arrays built from metadata held in memory: no store read to open.
+"""zarr arrays built from metadata held in memory: no store read to open one.
 
-zarr 3 has no public constructor for an array whose metadata the caller
-already has; ``AsyncArray(metadata, store_path)`` is the internal one that
-``zarr.open_array`` itself ends in. pyproject pins zarr to the tested minor
-range and tests/test_arrays.py checks the result against ``zarr.open_array``.
+This is the only module that constructs zarr arrays, and it uses zarr's
+public classes (``zarr.AsyncArray``, ``zarr.Array``, ``zarr.storage``).
+
+- Parsing an array document costs more than the rest of an open, so parsed
+  metadata is cached per distinct document; building an ``AsyncArray`` costs
+  as much again (its codec pipeline), so one prototype is built per document
+  and copied for each position, with the position's own path.
+- zarr updates attributes in place on the metadata object, so every handle
+  gets its own metadata copy with its own attributes: a write through one
+  handle never reaches another array's document.
+- With the zarrs codec pipeline active (iohub 0.3.11 switches it on), zarr
+  stops honouring read-only stores for chunk writes; arrays opened in mode
+  ``"r"`` refuse writes themselves.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import zarr
-from zarr.core.array import AsyncArray, parse_array_metadata
-from zarr.core.metadata import ArrayMetadata
 from zarr.storage import LocalStore, StorePath
 
+__all__ = ["array_from_metadata", "local_store", "parse_metadata"]
 
-def local_store(root: Path, *, read_only: bool) -> LocalStore:
+
+def local_store(root: str, *, read_only: bool) -> LocalStore:
     return LocalStore(root, read_only=read_only)
 
 
-def parse_metadata(document: dict[str, Any]) -> ArrayMetadata:
-    """zarr's own parse of an array document (``.zarray`` or ``zarr.json``)."""
-    return parse_array_metadata(document)
+_PARSE_STORE = StorePath(zarr.storage.MemoryStore(), "")
 
 
-def array_from_metadata(store: LocalStore, path: str, metadata: ArrayMetadata) -> zarr.Array:
-    """An array over ``metadata``, which may be shared by many positions.
+def parse_metadata(document: dict[str, Any]) -> Any:
+    """zarr's own parse of an array document (``.zarray`` + attributes, or ``zarr.json``).
 
-    zarr updates attributes in place (``metadata.attributes.update``), so the
-    handle gets its own metadata object with its own attributes: a write
-    through one array must never reach another array's document.
+    The document is deep-copied first: zarr keeps references into it.
     """
+    return zarr.AsyncArray(copy.deepcopy(document), _PARSE_STORE).metadata
+
+
+class ReadOnlyAsyncArray(zarr.AsyncArray):  # type: ignore[type-arg]
+    """Refuses chunk writes when its store is read-only, whatever the codec pipeline."""
+
+    async def _set_selection(self, *args: Any, **kwargs: Any) -> Any:
+        if self.store_path.read_only:
+            raise ValueError(
+                f"{self.store_path} was opened read-only (mode 'r'); open it with mode='r+' "
+                "to write"
+            )
+        return await super()._set_selection(*args, **kwargs)
+
+
+class CheckedArray(zarr.Array):  # type: ignore[type-arg]
+    """A zarr array that, when zarr fails on it, asks whether its documents changed
+    since it was opened (a deleted or replaced plate) and says so."""
+
+    _snapmeta_recheck: Callable[[BaseException], None] | None = None
+
+    def __getitem__(self, selection: Any) -> Any:
+        try:
+            return super().__getitem__(selection)
+        except Exception as exc:
+            self._recheck(exc)
+            raise
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        try:
+            super().__setitem__(selection, value)
+        except Exception as exc:
+            self._recheck(exc)
+            raise
+
+    def _recheck(self, exc: BaseException) -> None:
+        recheck = self._snapmeta_recheck
+        if recheck is not None:
+            recheck(exc)
+
+
+_prototypes: dict[tuple[int, bool, int], Any] = {}
+
+
+def _own(metadata: Any) -> Any:
     own = copy.copy(metadata)
-    object.__setattr__(own, "attributes", copy.deepcopy(metadata.attributes))
-    return zarr.Array(AsyncArray(own, StorePath(store, path)))
+    attributes = metadata.attributes
+    object.__setattr__(own, "attributes", copy.deepcopy(attributes) if attributes else {})
+    return own
+
+
+def array_from_metadata(
+    store: LocalStore,
+    path: str,
+    metadata: Any,
+    recheck: Callable[[BaseException], None] | None = None,
+    cls: type[CheckedArray] = CheckedArray,
+) -> CheckedArray:
+    """An array over ``metadata`` (shared, never modified) at ``path`` in ``store``."""
+    key = (id(metadata), store.read_only, id(store))
+    proto = _prototypes.get(key)
+    if proto is None or proto[0] is not metadata or proto[1] is not store:
+        kind = ReadOnlyAsyncArray if store.read_only else zarr.AsyncArray
+        proto = (metadata, store, kind(metadata, StorePath(store, path)))
+        if len(_prototypes) > 4096:
+            _prototypes.clear()
+        _prototypes[key] = proto
+    # A copy of the prototype shares its codec pipeline (built for identical
+    # metadata in the same store) and skips AsyncArray.__init__.
+    async_array = copy.copy(proto[2])
+    object.__setattr__(async_array, "metadata", _own(metadata))
+    object.__setattr__(async_array, "store_path", StorePath(store, path))
+    array = cls(async_array)
+    if recheck is not None:
+        array._snapmeta_recheck = recheck
+    return array

@@ -1,61 +1,268 @@
-"""Build a snapshot: read every metadata document once, validate, write atomically."""
+"""Build a snapshot: read every metadata document once, validate, write atomically.
+
+Wells are read in batches, concurrently (reading small files is dominated by
+round trips on GPFS or Lustre, and threads overlap them even under the GIL),
+and each batch is encoded in plate order before the next is read, so the
+builder's memory does not grow with the plate beyond the encoded snapshot.
+
+Timestamps: a document edited after the builder read it, in the same
+timestamp tick, keeps its size and mtime, and a stat check cannot see the
+edit (git's "racily clean" problem). The builder notes its start on the
+destination's clock and waits one tick before reading anything. A document
+whose mtime is after the start may have changed after it was read: it is
+stored with a smudged mtime, so readers always compare its digest.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _format, _ngff
-from ._ngff import NgffReadError
+from . import _format as fmt
+from . import _locate, _ngff
 from ._version import __version__
-from .errors import NotAPlateError, PlateValidationError, Problem
+from ._writer import SnapshotWriter, TempFile, stale_temp_files, write_array_node
+from .errors import NotAPlateError, PlateValidationError, Problem, SnapshotWriteError
 
 __all__ = ["ProgressCallback", "build_snapshot"]
 
+log = logging.getLogger("snapmeta")
+
 ProgressCallback = Callable[[str, int, int], None]
-"""Called as ``progress(stage, done, total)``; stages are ``"wells"``,
-``"positions"`` and ``"write"``."""
+"""Called as ``progress(stage, done, total)``; stages are ``"wells"`` and ``"write"``."""
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Reading small files is dominated by syscall latency (high on GPFS/Lustre);
-# threads overlap it even under the GIL.
 DEFAULT_WORKERS = min(32, 8 * (os.cpu_count() or 1))
+_BATCH = 256  # wells read concurrently before they are encoded (and their positions)
+_FINE_TICK_NS = 10_000_000  # a kernel timestamp tick is a jiffy: 10 ms at most
+_CLOCK_SKEW_NS = 5_000_000_000  # for destinations on another filesystem than the plate
 
 
-def _map(
-    pool: ThreadPoolExecutor,
-    fn: Callable[[T], R],
-    items: list[T],
-    stage: str,
-    progress: ProgressCallback | None,
-) -> list[R]:
-    total = len(items)
-    if progress is not None:
-        progress(stage, 0, total)
-    results: list[R] = []
-    step = max(1, total // 100)
-    for i, result in enumerate(pool.map(fn, items), 1):
-        results.append(result)
-        if progress is not None and (i % step == 0 or i == total):
-            progress(stage, i, total)
-    return results
+def _invalid(root: str, problems: Sequence[Problem]) -> PlateValidationError:
+    problems = tuple(problems)
+    shown = "\n".join(f"  {p}" for p in problems[:50])
+    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+    return PlateValidationError(
+        f"{root}: {len(problems)} problem(s) in the plate metadata:\n{shown}{more}",
+        store=root,
+        problems=problems,
+    )
 
 
-def _as_problem(exc: NgffReadError) -> Problem:
-    return Problem(exc.document, exc.field, exc.message)
+def _write_error(target: Path, root: str, exc: OSError) -> SnapshotWriteError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space, or write the snapshot elsewhere"
+    else:
+        advice = "the plate may be read-only; write the snapshot elsewhere"
+    return SnapshotWriteError(
+        f"cannot write the snapshot {target}: {exc.strerror or exc}; {advice} with "
+        f"`snapmeta build {root} --output DIR` (or set {_locate.ENV_SNAPSHOT_DIR}=DIR, "
+        "which openers search too)",
+        store=root,
+        snapshot=str(target),
+        reason=exc.strerror or str(exc),
+    )
+
+
+def _tick(mtime_ns: int) -> int:
+    """The timestamp granularity an mtime suggests (1 s or 2 s for coarse filesystems)."""
+    if mtime_ns % 2_000_000_000 == 0:
+        return 2_000_000_000
+    if mtime_ns % 1_000_000_000 == 0:
+        return 1_000_000_000
+    return _FINE_TICK_NS
+
+
+def _start_clock(temp: TempFile, root: str) -> tuple[int, int]:
+    """``(start, tick)`` on the plate's clock, after waiting one tick past the start.
+
+    Every document read after this returns was last modified either before
+    ``start`` (and any later edit gets a new mtime) or after it (racy).
+    """
+    same_fs = os.stat(temp.path).st_dev == os.stat(root).st_dev
+    if not same_fs:
+        start = time.time_ns() - _CLOCK_SKEW_NS
+        return start, _FINE_TICK_NS
+    start = temp.touch()
+    tick = _tick(start)
+    for _ in range(400):
+        now = temp.touch()
+        if now >= start + tick:
+            # two coarse stamps in a row: a fine-grained clock would not do that
+            tick = max(_FINE_TICK_NS, min(tick, _tick(now)))
+            if now >= start + tick:
+                break
+        time.sleep(min(tick, 1_000_000_000) / 4e9)
+    return start, tick
+
+
+class _Builder:
+    def __init__(self, root: str, zarr_format: int, racy_after: int, workers: int) -> None:
+        self.root = root
+        self.zarr_format = zarr_format
+        self.racy_after = racy_after
+        self.workers = workers
+        self.reader = _ngff.StoreReader(root, zarr_format)
+        self.problems: list[Problem] = []
+        self.smudged = 0
+        self.writer: SnapshotWriter | None = None
+        self._layouts: dict[int, tuple[fmt.Image, frozenset[int]]] = {}
+
+    def fingerprint(self, doc: _ngff.Document) -> fmt.Fingerprint | None:
+        assert self.writer is not None
+        if doc.data is None:
+            return None
+        mtime = doc.mtime_ns
+        if mtime > self.racy_after:
+            mtime = fmt.SMUDGED
+            self.smudged += 1
+        return fmt.Fingerprint(doc.size, mtime, self.writer.content(doc.digest))
+
+    def run(self, progress: ProgressCallback | None) -> tuple[SnapshotWriter, _ngff.RootContent]:
+        from ._ngff import _validate
+
+        try:
+            root_content = self.reader.root_node()
+        except _ngff.NgffReadError as exc:
+            raise NotAPlateError(
+                f"{self.root} is not an HCS plate: {exc}",
+                store=self.root,
+                document=f"{self.root}/{exc.document}",
+            ) from exc
+        problems = _validate.validate_plate(root_content.document.path, root_content.plate)
+        if problems:
+            raise _invalid(self.root, problems)
+        self.writer = SnapshotWriter(root_content.document.mtime_ns)
+        wells = [str(w["path"]) for w in root_content.plate["wells"]]
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="snapmeta-build") as pool:
+            if progress is not None:
+                progress("wells", 0, len(wells))
+            done = 0
+            for batch in _batches(wells, _BATCH):
+                self._batch(pool, batch)
+                done += len(batch)
+                if progress is not None:
+                    progress("wells", done, len(wells))
+        if self.problems:
+            raise _invalid(self.root, self.problems)
+        return self.writer, root_content
+
+    def _batch(self, pool: ThreadPoolExecutor, wells: list[str]) -> None:
+        def read_well(path: str) -> tuple[Any, list[Problem]]:
+            problems: list[Problem] = []
+            return self.reader.well_node(path, problems), problems
+
+        well_results = list(pool.map(read_well, wells))
+        jobs = [
+            f"{content.path}/{field}"
+            for content, _ in well_results
+            if content is not None
+            for field, _ in content.images
+        ]
+
+        def read_position(path: str) -> tuple[Any, list[Problem]]:
+            problems: list[Problem] = []
+            return self.reader.position_node(path, problems), problems
+
+        # Positions are read in chunks too: a well can hold hundreds of fields.
+        pending: list[tuple[Any, list[Problem]]] = []
+        chunks = iter(range(0, len(jobs), _BATCH))
+        for content, problems in well_results:
+            self.problems.extend(problems)
+            if content is None:
+                continue
+            while len(pending) < len(content.images):
+                start = next(chunks)
+                pending.extend(pool.map(read_position, jobs[start : start + _BATCH]))
+            read, pending = pending[: len(content.images)], pending[len(content.images) :]
+            self._encode(content, read)
+
+    def _encode(self, well: _ngff.WellContent, read: list[tuple[Any, list[Problem]]]) -> None:
+        writer = self.writer
+        assert writer is not None
+        for _, problems in read:
+            self.problems.extend(problems)
+        if self.problems:
+            return  # nothing will be written: stop encoding, keep collecting problems
+        well_fp = self.fingerprint(well.document)
+        template, patch = writer.template(well.attributes)
+        writer.add_well(well.path, fmt.WellRecord(template, patch, len(well.images), (well_fp,)))
+        for (content, _), (_, acquisition) in zip(read, well.images, strict=True):
+            arrays = [writer.array(level.array) for level in content.levels]
+            template, patch = writer.template(content.attributes)
+            image = writer.image(self._layout(content, template, patch, arrays))
+            docs = [well_fp, self.fingerprint(content.group)]
+            for level in content.levels:
+                docs.extend(self.fingerprint(d) for d in level.documents)
+            writer.add_position(
+                content.path, fmt.PositionRecord(image, patch, acquisition, tuple(docs))
+            )
+
+
+    def _layout(
+        self,
+        content: _ngff.PositionContent,
+        template: int,
+        patch: dict[int, Any],
+        arrays: list[int],
+    ) -> fmt.Image:
+        """The position's image; computed once per template unless a patch touches it."""
+        cached = self._layouts.get(template)
+        if cached is None or not cached[1].isdisjoint(patch):
+            layout, deps = _ngff.image_layout(content.attributes, self.zarr_format, template, arrays)
+            if cached is None:
+                self._layouts[template] = (layout, deps)
+        else:
+            layout = cached[0]
+        if len(arrays) != len(layout.levels):
+            raise AssertionError("a template fixes the number of levels")
+        levels = tuple(
+            fmt.Level(lv.path, a, lv.scale, lv.translation)
+            for lv, a in zip(layout.levels, arrays, strict=True)
+        )
+        return fmt.Image(template, layout.axes, layout.channels, levels, layout.scale, layout.translation)
+
+
+def _batches(items: list[T], size: int) -> Iterator[list[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def detect_format(root: str) -> int:
+    if not os.path.isdir(root):
+        raise NotAPlateError(
+            f"{root} does not exist or is not a directory", store=root, document=None
+        )
+    try:
+        names = set(os.listdir(root))
+    except OSError as exc:
+        raise NotAPlateError(
+            f"{root}: cannot list the directory ({exc.strerror})", store=root, document=None
+        ) from exc
+    zarr_format = _ngff.detect_zarr_format(names)
+    if zarr_format is None:
+        raise NotAPlateError(
+            f"{root} is not a zarr group: found neither zarr.json nor .zattrs/.zgroup",
+            store=root,
+            document=None,
+        )
+    return zarr_format
 
 
 def build_snapshot(
-    store: str | os.PathLike[str],
+    store: Any,
     *,
+    output: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
-    inline_limit: int = _format.DEFAULT_INLINE_LIMIT,
     workers: int | None = None,
 ) -> Path:
     """Read and validate a plate's metadata once and write its snapshot.
@@ -63,269 +270,85 @@ def build_snapshot(
     Parameters
     ----------
     store
-        Path of an HCS OME-Zarr plate (NGFF 0.4 on zarr v2 or 0.5 on zarr v3).
+        The plate: a path, a ``file://`` URL, a ``zarr.storage.LocalStore`` or
+        a local ``zarr.Group`` (NGFF 0.4 on zarr 2 or NGFF 0.5 on zarr 3).
+    output
+        Where to write the snapshot: a file, or a directory of snapshots (for
+        plates you cannot write). Defaults to ``$SNAPMETA_SNAPSHOT_DIR`` if
+        set, else the plate itself.
     progress
         Optional ``progress(stage, done, total)`` callback.
-    inline_limit
-        Attribute documents larger than this many bytes are not copied into
-        the snapshot; they are read from their JSON file when asked for.
     workers
-        Threads used to read documents concurrently.
+        Threads reading documents concurrently.
 
     Returns
     -------
     Path
-        The snapshot file, ``STORE/.snapmeta.arrow``.
+        The snapshot file.
 
     Raises
     ------
     NotAPlateError
-        The path is not a zarr group with HCS plate metadata.
+        The path is not a local zarr group with HCS plate metadata.
     PlateValidationError
         The metadata is invalid; ``.problems`` lists every problem found.
+    SnapshotWriteError
+        The snapshot cannot be written there (checked before reading the plate).
     """
-    root = Path(store)
-    content = collect_content(root, progress=progress, inline_limit=inline_limit, workers=workers)
-    if progress is not None:
-        progress("write", 0, 1)
-    for leftover in _format.stale_temp_files(root):
-        # A temp file older than an hour belongs to a builder that died; a
-        # younger one may be a concurrent build in progress.
-        _remove_if_old(leftover)
-    path = _format.new_file(_format.snapshot_path(root), content)
+    root = _locate.plate_root(store)
+    zarr_format = detect_format(root)
+    target = _locate.build_target(root, output)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = TempFile(target)
+    except OSError as exc:
+        raise _write_error(target, root, exc) from exc
+    try:
+        racy_after, tick = _start_clock(temp, root)
+        builder = _Builder(root, zarr_format, racy_after, workers or DEFAULT_WORKERS)
+        writer, root_content = builder.run(progress)
+        if progress is not None:
+            progress("write", 0, 1)
+        if builder.smudged:
+            log.info(
+                "%s: %d document(s) were modified after the build started; readers will "
+                "compare their content. Rebuild once the plate is quiet.",
+                root,
+                builder.smudged,
+            )
+        root_fp = builder.fingerprint(root_content.document)
+        assert root_fp is not None
+        writer.write(
+            temp,
+            {
+                "ngff_version": root_content.ngff_version,
+                "zarr_format": zarr_format,
+                "plate": {k: v for k, v in root_content.plate.items() if k != "wells"},
+                "root": root_fp,
+                "build_start_ns": racy_after,
+                "granularity_ns": tick,
+                "location": root,
+                "writer": f"snapmeta {__version__}",
+            },
+        )
+        if not _locate.is_external(root, str(target)):
+            write_array_node(target.parent, zarr_format, target.stat().st_size)
+    except OSError as exc:
+        temp.discard()
+        raise _write_error(target, root, exc) from exc
+    except BaseException:
+        temp.discard()
+        raise
+    legacy = Path(root) / _locate.LEGACY_NAME
+    if not _locate.is_external(root, str(target)) and legacy.exists():
+        # format 1's file, which zarr lists with a warning and no reader uses
+        with contextlib.suppress(OSError):
+            legacy.unlink()
+    for leftover in stale_temp_files(target):
+        try:
+            leftover.unlink()
+        except OSError:
+            pass
     if progress is not None:
         progress("write", 1, 1)
-    return path
-
-
-def _remove_if_old(path: Path, age_s: float = 3600.0) -> None:
-    try:
-        if time.time() - path.stat().st_mtime > age_s:
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _read_position(
-    root: Path,
-    job: tuple[str, str, str, int, int | None],
-    zarr_format: int,
-    inline_limit: int,
-    validate: Any,
-) -> tuple[list[Problem], dict[str, Any] | None]:
-    path, well, field, well_index, acquisition = job
-    try:
-        source = _ngff.read_position(root, path, zarr_format)
-    except NgffReadError as exc:
-        if exc.message == "document is missing":
-            what = (
-                "position"
-                if exc.document == _ngff.group_documents(path, zarr_format)[0]
-                else "array"
-            )
-            return [
-                Problem(
-                    exc.document,
-                    "",
-                    f"{what} of {path!r} is listed in the metadata but missing on disk",
-                )
-            ], None
-        return [_as_problem(exc)], None
-    ome = _ngff.ome_of(source.attributes, zarr_format)
-    doc = source.group.path
-    problems = validate.validate_image(doc, ome)
-    if problems:
-        return problems, None
-    axes = ome["multiscales"][0]["axes"]
-    names = [a["name"] for a in axes]
-    c_axis = next((i for i, a in enumerate(axes) if a.get("type") == "channel"), None)
-    if c_axis is None and "c" in names:
-        c_axis = names.index("c")
-    omero = ome.get("omero")
-    channels = len(omero["channels"]) if isinstance(omero, dict) else None
-    for _level, docs, meta in source.arrays:
-        problems.extend(validate.validate_array(docs[0].path, meta, len(axes), channels, c_axis))
-    if problems:
-        return problems, None
-    try:
-        record = _ngff.position_record(
-            source,
-            well=well,
-            field=field,
-            well_index=well_index,
-            acquisition=acquisition,
-            zarr_format=zarr_format,
-            inline_limit=inline_limit,
-        )
-    except NgffReadError as exc:
-        return [_as_problem(exc)], None
-    return [], record
-
-
-def _read_or_problem(root: Path, relpath: str) -> _ngff.Document | Problem:
-    try:
-        return _ngff.read_document(root, relpath)
-    except NgffReadError as exc:
-        return _as_problem(exc)
-
-
-def _invalid(root: Path, problems: Iterable[Problem]) -> PlateValidationError:
-    problems = tuple(problems)
-    shown = "\n".join(f"  {p}" for p in problems[:50])
-    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-    return PlateValidationError(
-        f"{root}: {len(problems)} problem(s) in the plate metadata:\n{shown}{more}",
-        store=str(root),
-        problems=problems,
-    )
-
-
-def collect_content(
-    root: Path,
-    *,
-    progress: ProgressCallback | None,
-    inline_limit: int,
-    workers: int | None,
-) -> _format.SnapshotContent:
-    """Read and validate every metadata document of the plate at ``root``."""
-    from . import _validate  # pydantic is imported here, never on the open path
-
-    if not root.is_dir():
-        raise NotAPlateError(
-            f"{root} does not exist or is not a directory", store=str(root), document=None
-        )
-    zarr_format = _ngff.detect_zarr_format(root)
-    if zarr_format is None:
-        raise NotAPlateError(
-            f"{root} is not a zarr group: found neither zarr.json nor .zattrs/.zgroup",
-            store=str(root),
-            document=None,
-        )
-    root_rel = _ngff.root_document(zarr_format)
-    try:
-        root_doc = _ngff.read_document(root, root_rel)
-        root_attrs = _ngff.attributes_of(root_doc, zarr_format)
-        plate = _ngff.plate_of(root_attrs, zarr_format, root_rel)
-    except NgffReadError as exc:
-        raise NotAPlateError(
-            f"{root} is not an HCS plate: {exc}", store=str(root), document=str(root / root_rel)
-        ) from exc
-    ome = _ngff.ome_of(root_attrs, zarr_format)
-    version = _ngff.ngff_version(ome, "plate", zarr_format)
-    problems = _validate.validate_plate(root_rel, plate)
-    if problems:
-        raise _invalid(root, problems)
-
-    rows = [r["name"] for r in plate["rows"]]
-    columns = [c["name"] for c in plate["columns"]]
-    well_refs = plate["wells"]
-    n_workers = workers or DEFAULT_WORKERS
-
-    with ThreadPoolExecutor(n_workers, thread_name_prefix="snapmeta-build") as pool:
-        well_docs = _map(
-            pool,
-            lambda ref: _read_or_problem(root, _ngff.group_documents(ref["path"], zarr_format)[0]),
-            well_refs,
-            "wells",
-            progress,
-        )
-        wells: list[dict[str, Any]] = []
-        jobs: list[tuple[str, str, str, int, int | None]] = []
-        for ref, doc in zip(well_refs, well_docs, strict=True):
-            if isinstance(doc, Problem):
-                problems.append(doc)
-                continue
-            if doc.data is None:
-                problems.append(
-                    Problem(
-                        doc.path,
-                        "",
-                        f"well {ref['path']!r} is listed in the plate but missing on disk",
-                    )
-                )
-                continue
-            try:
-                well_attrs = _ngff.attributes_of(doc, zarr_format)
-                found = _validate.validate_well(
-                    doc.path, _ngff.ome_of(well_attrs, zarr_format).get("well")
-                )
-                if found:
-                    problems.extend(found)
-                    continue
-                _, images = _ngff.well_images(doc, zarr_format)
-            except NgffReadError as exc:
-                problems.append(_as_problem(exc))
-                continue
-            first = len(jobs)
-            for field, acquisition in images:
-                jobs.append(
-                    (_ngff.join(ref["path"], field), ref["path"], field, len(wells), acquisition)
-                )
-            encoded = _ngff.encode_attributes(well_attrs)
-            wells.append(
-                {
-                    "path": ref["path"],
-                    "row": rows[ref["rowIndex"]],
-                    "column": columns[ref["columnIndex"]],
-                    "row_index": ref["rowIndex"],
-                    "column_index": ref["columnIndex"],
-                    "first_position": first,
-                    "position_count": len(images),
-                    "attributes": encoded if len(encoded) <= inline_limit else None,
-                    "attributes_size": len(encoded),
-                    "documents": [doc.fingerprint()],
-                }
-            )
-        results = _map(
-            pool,
-            lambda job: _read_position(root, job, zarr_format, inline_limit, _validate),
-            jobs,
-            "positions",
-            progress,
-        )
-    positions = []
-    for found, record in results:
-        problems.extend(found)
-        if record is not None:
-            positions.append(record)
-    if problems:
-        raise _invalid(root, problems)
-
-    meta = {
-        "magic": _format.MAGIC,
-        "format_version": str(_format.FORMAT_VERSION),
-        "writer": f"snapmeta {__version__}",
-        "ngff_version": version,
-        "zarr_format": str(zarr_format),
-        "root_document": root_rel,
-        "root_size": str(root_doc.size),
-        "root_mtime_ns": str(root_doc.mtime_ns),
-        "root_digest": root_doc.digest.hex(),
-        "inline_limit": str(inline_limit),
-    }
-    if plate.get("name") is not None:
-        meta["plate_name"] = str(plate["name"])
-    if plate.get("field_count") is not None:
-        meta["field_count"] = str(plate["field_count"])
-    acquisitions = [
-        {
-            "id": a["id"],
-            "name": a.get("name"),
-            "description": a.get("description"),
-            "maximum_field_count": a.get("maximumfieldcount"),
-            "start_time": a.get("starttime"),
-            "end_time": a.get("endtime"),
-        }
-        for a in plate.get("acquisitions") or []
-    ]
-    root_encoded = _ngff.encode_attributes(root_attrs)
-    content = _format.SnapshotContent(
-        meta={_format.META_PREFIX + k: v for k, v in meta.items()},
-        rows=rows,
-        columns=columns,
-        acquisitions=acquisitions,
-        wells=wells,
-        positions=positions,
-        root_attributes=root_encoded if len(root_encoded) <= inline_limit else None,
-    )
-    return content
+    return target

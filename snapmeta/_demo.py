@@ -32,7 +32,7 @@ def run_demo(
 
     from ._build import build_snapshot
     from ._open import open_plate, open_position
-    from ._plategen import write_plate
+    from .testing import write_plate
 
     store = directory / "demo.ome.zarr"
     if store.exists():

@@ -1,653 +1,630 @@
-"""The snapshot file format, version 1: schema, checksums, writer and reader.
+"""The snapshot format, version 2: schema, record types, encodings, checksums.
 
-This module is the single source of truth for the bytes on disk; docs/format.md
-describes the same thing for readers in other languages. The writer
-(:func:`new_file`) and reader (:func:`open_file`) are symmetric, as in
-``pyarrow.ipc``.
+This module is the single definition of the bytes on disk; ``docs/format.md``
+describes the same for readers in other languages. It does no file I/O: the
+writer (``_writer``) and the reader (``_reader``) are built on it.
 
-A snapshot is an uncompressed Arrow IPC file holding one record batch of one
-row. Each column is a *section* (a list of entries), so every section can have
-its own length while staying zero-copy under ``mmap``. Each well and position
-entry carries a MessagePack ``record`` of its own typed values and a CRC-32 of
-that record: the open path decodes only the record it was asked for, which is
-bounds-checked, checksummed and O(1), while the typed columns serve columnar
-readers.
+A snapshot is an uncompressed Arrow IPC file with one record batch of one
+row. Each column is a *section*. Wells and positions ("nodes") each have one
+entry: a path (for listing) and a checksummed MessagePack record. Everything
+positions share (attribute templates, image layouts, array metadata,
+document digests) is stored once and referenced by index.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
+import math
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeAlias
 
 import msgpack
-import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
-from .errors import (
-    SnapshotCorruptError,
-    SnapshotFormatError,
-    SnapshotNotFoundError,
-    UnsupportedFormatVersionError,
-)
+FORMAT_VERSION: Final = 2
+META_KEY: Final = b"snapmeta.format"
+# Big integers that MessagePack cannot hold travel as decimal text in this ext type.
+EXT_BIG_INT: Final = 1
+NO_SLOT: Final = 0
 
-SNAPSHOT_NAME = ".snapmeta.arrow"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-MAGIC = "snapmeta-snapshot"
-META_PREFIX = "snapmeta."
-# Attribute documents larger than this stay in their JSON file; the snapshot
-# keeps only their fingerprint (see docs/format.md, "Large attributes").
-DEFAULT_INLINE_LIMIT = 1 << 20
-EMPTY_SLOT = -1
-NO_BLOB = -1
+JSON: TypeAlias = Any
+Ref: TypeAlias = int | None
 
-DOCUMENT = pa.struct(
+# Node-sized sections first, the small shared ones last: they end next to the
+# footer, so one read from the end of the file gets all of them.
+def _section(name: str, item: pa.DataType) -> pa.Field:
+    return pa.field(name, pa.list_(pa.field("item", item, nullable=False)), nullable=False)
+
+
+SCHEMA: Final = pa.schema(
     [
-        ("path", pa.string()),
-        ("size", pa.int64()),
-        ("mtime_ns", pa.int64()),
-        ("digest", pa.binary(16)),
-    ]
+        _section("lookup", pa.uint32()),
+        _section("paths", pa.string()),
+        _section("nodes", pa.binary()),
+        _section("contents", pa.binary(16)),
+        _section("arrays", pa.binary()),
+        _section("templates", pa.binary()),
+        _section("images", pa.binary()),
+        pa.field("plate", pa.binary(), nullable=False),
+    ],
+    metadata={META_KEY: str(FORMAT_VERSION).encode()},
 )
-
-ACQUISITION = pa.struct(
-    [
-        ("id", pa.int64()),
-        ("name", pa.string()),
-        ("description", pa.string()),
-        ("maximum_field_count", pa.int64()),
-        ("start_time", pa.int64()),
-        ("end_time", pa.int64()),
-    ]
-)
-
-WELL_FIELDS: list[tuple[str, pa.DataType]] = [
-    ("path", pa.string()),
-    ("row", pa.string()),
-    ("column", pa.string()),
-    ("row_index", pa.int32()),
-    ("column_index", pa.int32()),
-    ("first_position", pa.int64()),
-    ("position_count", pa.int64()),
-    ("attributes", pa.int64()),
-    ("attributes_size", pa.int64()),
-    ("documents", pa.list_(DOCUMENT)),
-]
-
-_F64_LIST = pa.list_(pa.float64())
-POSITION_FIELDS: list[tuple[str, pa.DataType]] = [
-    ("path", pa.string()),
-    ("well", pa.string()),
-    ("field", pa.string()),
-    ("well_index", pa.int64()),
-    ("acquisition", pa.int64()),
-    ("channel_names", pa.list_(pa.string())),
-    ("axis_names", pa.list_(pa.string())),
-    ("axis_types", pa.list_(pa.string())),
-    ("axis_units", pa.list_(pa.string())),
-    ("levels", pa.list_(pa.string())),
-    ("level_scale", pa.list_(_F64_LIST)),
-    ("level_translation", pa.list_(_F64_LIST)),
-    ("global_scale", _F64_LIST),
-    ("global_translation", _F64_LIST),
-    ("zarr_format", pa.int8()),
-    ("shape", pa.list_(pa.list_(pa.int64()))),
-    ("chunks", pa.list_(pa.list_(pa.int64()))),
-    ("dtype", pa.list_(pa.string())),
-    ("fill_value", pa.list_(pa.string())),
-    ("order", pa.list_(pa.string())),
-    ("dimension_separator", pa.list_(pa.string())),
-    ("array_metadata", pa.list_(pa.int64())),
-    ("attributes", pa.int64()),
-    ("attributes_size", pa.int64()),
-    ("documents", pa.list_(DOCUMENT)),
-]
-
-WELL_NAMES = tuple(name for name, _ in WELL_FIELDS)
-POSITION_NAMES = tuple(name for name, _ in POSITION_FIELDS)
-
-_ENTRY_TAIL = [("record", pa.binary()), ("checksum", pa.uint32())]
-WELL = pa.struct(WELL_FIELDS + _ENTRY_TAIL)
-POSITION = pa.struct(POSITION_FIELDS + _ENTRY_TAIL)
-SLOT = pa.struct([("hash", pa.uint64()), ("target", pa.int64()), ("checksum", pa.uint32())])
-BLOB = pa.struct([("data", pa.large_binary()), ("checksum", pa.uint32())])
-
-SCHEMA = pa.schema(
-    [
-        ("rows", pa.list_(pa.string())),
-        ("columns", pa.list_(pa.string())),
-        ("acquisitions", pa.list_(ACQUISITION)),
-        ("wells", pa.list_(WELL)),
-        ("positions", pa.list_(POSITION)),
-        ("lookup", pa.list_(SLOT)),
-        ("blobs", pa.list_(BLOB)),
-    ]
-)
+SHARED_SECTIONS: Final = ("arrays", "templates", "images")
+FIXED_SECTIONS: Final = ("lookup", "paths", "contents")
 
 
-def snapshot_path(store: str | os.PathLike[str]) -> Path:
-    """Where the snapshot of ``store`` lives."""
-    return Path(store) / SNAPSHOT_NAME
+class FormatError(Exception):
+    """A value in the file breaks a rule of the format (the reader adds the file name)."""
+
+    def __init__(self, section: str, index: int | None, reason: str) -> None:
+        where = section if index is None else f"{section}[{index}]"
+        super().__init__(f"{where}: {reason}")
+        self.section = section
+        self.index = index
+        self.reason = reason
 
 
-def key_hash(key: str) -> int:
-    """The 64-bit lookup hash of a well or position path (BLAKE2b, 8 bytes, LE)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+# ---------------------------------------------------------------------------
+# checksums and digests (all from every language's standard library)
 
 
-def digest(data: bytes) -> bytes:
-    """The 16-byte content digest stored in document fingerprints."""
-    return hashlib.blake2b(data, digest_size=16).digest()
+def crc32(*parts: bytes | memoryview | str) -> int:
+    """CRC-32 (ISO-HDLC, as zlib) of the concatenated parts; text is UTF-8."""
+    value = 0
+    for part in parts:
+        value = zlib.crc32(part.encode() if isinstance(part, str) else part, value)
+    return value
+
+
+def content_digest(data: bytes) -> bytes:
+    """The first 16 bytes of the SHA-256 of a document's bytes."""
+    return hashlib.sha256(data).digest()[:16]
+
+
+def key_hash(path: str) -> int:
+    """Lookup hash of a node path: CRC-32 of its UTF-8 bytes."""
+    return zlib.crc32(path.encode())
+
+
+def lookup_capacity(nodes: int) -> int:
+    """Slots for ``nodes`` entries: a power of two, load factor at most 2/3."""
+    capacity = 8
+    while capacity * 2 < nodes * 3:
+        capacity *= 2
+    return capacity
+
+
+def paths_checksum(paths: Iterable[str]) -> int:
+    """CRC-32 of every path followed by a NUL byte, in node order."""
+    value = 0
+    for path in paths:
+        value = zlib.crc32(path.encode() + b"\0", value)
+    return value
+
+
+# ---------------------------------------------------------------------------
+# payload encoding: MessagePack with native values
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_BIG_INT:
+        try:
+            return int(data.decode("ascii"))
+        except ValueError:
+            pass
+    raise ValueError(f"unknown or malformed MessagePack ext type {code}")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, int):  # only reached when out of the 64-bit ranges
+        return msgpack.ExtType(EXT_BIG_INT, str(value).encode("ascii"))
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def pack(value: Any) -> bytes:
-    """Canonical MessagePack: smallest integer forms, float64, str for text."""
-    return msgpack.packb(value, use_bin_type=True)
+    """MessagePack: smallest integer forms, float64 for every float, str for text."""
+    try:
+        return msgpack.packb(value, use_bin_type=True, default=_default)
+    except OverflowError:  # msgpack raises this itself for big ints in some paths
+        return msgpack.packb(_big_ints(value), use_bin_type=True, default=_default)
+
+
+def _big_ints(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return msgpack.ExtType(EXT_BIG_INT, str(value).encode("ascii"))
+    if isinstance(value, dict):
+        return {k: _big_ints(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_big_ints(v) for v in value]
+    return value
 
 
 def unpack(data: bytes | memoryview) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=True, ext_hook=_ext_hook
+    )
 
 
-def slot_checksum(index: int, hash_: int, target: int) -> int:
-    return zlib.crc32(pack([index, hash_, target]))
+def seal(name: str, payload: bytes) -> bytes:
+    """An entry: CRC-32 (little-endian) of ``name NUL payload``, then the payload."""
+    return crc32(name, b"\0", payload).to_bytes(4, "little") + payload
 
 
-def header_checksum(meta: Mapping[str, str]) -> int:
-    items = sorted((k, v) for k, v in meta.items() if k != META_PREFIX + "header_checksum")
-    return zlib.crc32(pack(items))
+def open_entry(name: str, entry: bytes | memoryview, section: str, index: int | None) -> Any:
+    """The decoded payload of an entry, after its checksum."""
+    if len(entry) < 5:
+        raise FormatError(section, index, "entry too short")
+    if int.from_bytes(entry[:4], "little") != crc32(name, b"\0", entry[4:]):
+        raise FormatError(section, index, "checksum mismatch")
+    try:
+        return unpack(entry[4:])
+    except Exception as exc:  # any MessagePack failure behind a good CRC is a bad writer
+        raise FormatError(section, index, f"undecodable payload ({exc})") from exc
 
 
-def paths_checksum(paths: Sequence[str]) -> int:
-    return zlib.crc32(pack(list(paths)))
-
-
-def plate_checksum(
-    rows: Sequence[str], columns: Sequence[str], acquisitions: Sequence[Mapping[str, Any]]
-) -> int:
-    return zlib.crc32(pack([list(rows), list(columns), [dict(a) for a in acquisitions]]))
+def entry_name(section: str, index: int) -> str:
+    """Checksum name of a shared entry; a node's name is its path."""
+    return f"{section}/{index}"
 
 
 # ---------------------------------------------------------------------------
-# writer
+# strict type checks for decoded values: a crafted file that passes its
+# checksums still gets a FormatError, never another exception
+
+
+def _int(value: Any, section: str, index: int | None, what: str, low: int = 0) -> int:
+    if type(value) is not int or value < low:
+        raise FormatError(section, index, f"{what}: expected an integer >= {low}")
+    return value
+
+
+def _ref(value: Any, section: str, index: int | None, what: str, leaves: int) -> Ref:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value < leaves:
+        raise FormatError(section, index, f"{what}: leaf reference out of range")
+    return value
+
+
+def _list(value: Any, section: str, index: int | None, what: str, size: int | None = None) -> list:
+    if type(value) is not list or (size is not None and len(value) != size):
+        expected = "a list" if size is None else f"a list of {size}"
+        raise FormatError(section, index, f"{what}: expected {expected}")
+    return value
+
+
+def _str(value: Any, section: str, index: int | None, what: str) -> str:
+    if type(value) is not str:
+        raise FormatError(section, index, f"{what}: expected a string")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# records
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotContent:
-    """Everything a snapshot holds, in plain Python values (the builder's output).
+class Fingerprint:
+    """What a document looked like when the snapshot was built.
 
-    Wells and positions are dicts keyed by :data:`WELL_NAMES` /
-    :data:`POSITION_NAMES`, except that ``attributes`` and ``array_metadata``
-    hold ``bytes`` (or ``None``); the writer moves them
-    into the deduplicated ``blobs`` section.
+    ``mtime_ns`` is -1 for a document whose timestamp could not prove later
+    edits ("racily clean"): its stat never matches, so its digest decides.
     """
 
-    meta: Mapping[str, str]
-    rows: Sequence[str]
-    columns: Sequence[str]
-    acquisitions: Sequence[Mapping[str, Any]]
-    wells: Sequence[Mapping[str, Any]]
-    positions: Sequence[Mapping[str, Any]]
-    root_attributes: bytes | None
+    size: int
+    mtime_ns: int
+    content: int
 
 
-class _BlobTable:
-    """Deduplicates blobs: identical multiscales/omero documents are stored once."""
-
-    def __init__(self) -> None:
-        self.index: dict[bytes, int] = {}
-        self.data: list[bytes] = []
-
-    def add(self, blob: bytes | None) -> int:
-        if blob is None:
-            return NO_BLOB
-        found = self.index.get(blob)
-        if found is None:
-            found = self.index[blob] = len(self.data)
-            self.data.append(blob)
-        return found
+SMUDGED: Final = -1
 
 
-def _entry(fields: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    values = {name: fields[name] for name in names}
-    record = pack(values)
-    values["record"] = record
-    values["checksum"] = zlib.crc32(record)
-    return values
+def encode_documents(docs: Sequence[Fingerprint | None], base: int) -> list[Any]:
+    out: list[Any] = []
+    previous = base
+    for fp in docs:
+        if fp is None:
+            out.append(None)
+        elif fp.mtime_ns == SMUDGED:
+            out.append([fp.size, None, fp.content])
+        else:
+            out.append([fp.size, fp.mtime_ns - previous, fp.content])
+            previous = fp.mtime_ns
+    return out
 
 
-def _lookup_table(keys: Sequence[tuple[str, int]]) -> list[dict[str, int]]:
-    capacity = 8
-    while capacity < 2 * len(keys):
-        capacity *= 2
-    hashes = [0] * capacity
-    targets = [EMPTY_SLOT] * capacity
-    mask = capacity - 1
-    for key, target in keys:
-        h = key_hash(key)
-        slot = h & mask
-        while targets[slot] != EMPTY_SLOT:
-            slot = (slot + 1) & mask
-        hashes[slot] = h
-        targets[slot] = target
-    return [
-        {"hash": h, "target": t, "checksum": slot_checksum(i, h, t)}
-        for i, (h, t) in enumerate(zip(hashes, targets, strict=True))
-    ]
+def decode_documents(
+    value: Any, base: int, contents: int, section: str, index: int | None
+) -> tuple[Fingerprint | None, ...]:
+    if type(value) is not list:
+        raise FormatError(section, index, "documents: expected a list")
+    out: list[Fingerprint | None] = []
+    previous = base
+    for item in value:
+        if item is None:
+            out.append(None)
+            continue
+        if type(item) is not list or len(item) != 3:
+            raise FormatError(section, index, "document: expected a list of 3")
+        size, delta, content = item
+        if (
+            type(size) is not int
+            or size < 0
+            or type(content) is not int
+            or not 0 <= content < contents
+        ):
+            raise FormatError(section, index, "document: bad size or content reference")
+        if delta is None:
+            out.append(Fingerprint(size, SMUDGED, content))
+            continue
+        if type(delta) is not int:
+            raise FormatError(section, index, "document mtime: expected an integer")
+        previous += delta
+        out.append(Fingerprint(size, previous, content))
+    return tuple(out)
 
 
-def _list_column(values: list[Any], type_: pa.DataType) -> pa.Array:
-    return pa.array([values], type=type_)
+@dataclass(frozen=True, slots=True)
+class Template:
+    """The structure of a JSON value with its leaves lifted out.
+
+    ``shape`` is the value with every leaf (anything that is not an object or
+    an array) replaced by null; ``defaults`` are the leaves in depth-first
+    order, object members in document order.
+    """
+
+    shape: JSON
+    defaults: tuple[Any, ...]
 
 
-def encode(content: SnapshotContent) -> pa.RecordBatch:
-    """Turn builder output into the single-row record batch of format v1."""
-    blobs = _BlobTable()
-    meta = dict(content.meta)
-    meta[META_PREFIX + "root_attributes"] = str(blobs.add(content.root_attributes))
-    wells = []
-    for well in content.wells:
-        fields = dict(well)
-        fields["attributes"] = blobs.add(well["attributes"])
-        wells.append(_entry(fields, WELL_NAMES))
-    positions = []
-    for pos in content.positions:
-        fields = dict(pos)
-        fields["attributes"] = blobs.add(pos["attributes"])
-        fields["array_metadata"] = [blobs.add(b) for b in pos["array_metadata"]]
-        positions.append(_entry(fields, POSITION_NAMES))
-    n_pos = len(positions)
-    # Wells are lookup targets too, encoded below zero so one table serves both.
-    keys = [(p["path"], i) for i, p in enumerate(positions)]
-    keys += [(w["path"], -2 - i) for i, w in enumerate(wells)]
-    meta[META_PREFIX + "position_count"] = str(n_pos)
-    meta[META_PREFIX + "well_count"] = str(len(wells))
-    meta[META_PREFIX + "paths_checksum"] = str(paths_checksum([p["path"] for p in positions]))
-    meta[META_PREFIX + "plate_checksum"] = str(
-        plate_checksum(content.rows, content.columns, content.acquisitions)
+def split_leaves(value: JSON) -> tuple[JSON, list[Any]]:
+    """``(shape, leaves)`` of a JSON value (see :class:`Template`)."""
+    leaves: list[Any] = []
+
+    def walk(node: JSON) -> JSON:
+        if type(node) is dict:
+            return {k: walk(v) for k, v in node.items()}
+        if type(node) is list:
+            return [walk(v) for v in node]
+        leaves.append(node)
+        return None
+
+    return walk(value), leaves
+
+
+def join_leaves(shape: JSON, leaves: Sequence[Any]) -> JSON:
+    """Inverse of :func:`split_leaves`."""
+    it = iter(leaves)
+
+    def walk(node: JSON) -> JSON:
+        if type(node) is dict:
+            return {k: walk(v) for k, v in node.items()}
+        if type(node) is list:
+            return [walk(v) for v in node]
+        return next(it)
+
+    return walk(shape)
+
+
+def count_leaves(shape: JSON) -> int:
+    if type(shape) is dict:
+        return sum(count_leaves(v) for v in shape.values())
+    if type(shape) is list:
+        return sum(count_leaves(v) for v in shape)
+    return 1
+
+
+def same_leaf(a: Any, b: Any) -> bool:
+    """Leaf equality that keeps types apart (1, 1.0, True) and NaN equal to NaN."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is float and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
+def make_patch(defaults: Sequence[Any], leaves: Sequence[Any]) -> dict[int, Any]:
+    """The leaves that differ from the defaults, by index."""
+    if len(defaults) != len(leaves):
+        raise ValueError("leaves do not match the template")
+    if [type(v) for v in defaults] == [type(v) for v in leaves] and list(defaults) == list(leaves):
+        return {}  # equal (a NaN never compares equal, so it takes the long way)
+    return {i: v for i, (d, v) in enumerate(zip(defaults, leaves)) if not same_leaf(d, v)}
+
+
+def encode_patch(patch: Mapping[int, Any]) -> list[Any]:
+    out: list[Any] = []
+    for key in sorted(patch):
+        out += (key, patch[key])
+    return out
+
+
+def decode_patch(value: Any, leaves: int, section: str, index: int | None) -> dict[int, Any]:
+    if value == []:
+        return {}
+    items = _list(value, section, index, "patch")
+    if len(items) % 2:
+        raise FormatError(section, index, "patch: odd length")
+    patch: dict[int, Any] = {}
+    previous = -1
+    for i in range(0, len(items), 2):
+        key = items[i]
+        if type(key) is not int or not previous < key < leaves:
+            raise FormatError(section, index, "patch: leaf indexes must increase within range")
+        value_ = items[i + 1]
+        if type(value_) in (dict, list):
+            raise FormatError(section, index, "patch: a leaf cannot be an object or array")
+        patch[key] = value_
+        previous = key
+    return patch
+
+
+def decode_template(value: Any, index: int) -> Template:
+    shape, defaults = _list(value, "templates", index, "template", 2)
+    defaults = _list(defaults, "templates", index, "defaults")
+    if count_leaves(shape) != len(defaults):
+        raise FormatError("templates", index, "defaults do not match the shape")
+    if any(type(d) in (dict, list) for d in defaults):
+        raise FormatError("templates", index, "a default cannot be an object or array")
+    return Template(shape, tuple(defaults))
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One resolution level: leaf references into the position's attributes."""
+
+    path: int
+    array: int
+    scale: Ref
+    translation: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """Where a position's NGFF facts sit among its attribute leaves.
+
+    Every value a position serves is a leaf of its own attributes, so the
+    facts and the attributes can never disagree. A transform reference is
+    the first of ``len(axes)`` consecutive leaves.
+    """
+
+    template: int
+    axes: tuple[tuple[Ref, Ref, Ref], ...]
+    channels: tuple[Ref, ...]
+    levels: tuple[Level, ...]
+    scale: Ref
+    translation: Ref
+
+    def encode(self) -> list[Any]:
+        return [
+            self.template,
+            [list(a) for a in self.axes],
+            list(self.channels),
+            [[lv.path, lv.array, lv.scale, lv.translation] for lv in self.levels],
+            self.scale,
+            self.translation,
+        ]
+
+
+def decode_image(
+    value: Any, index: int, leaf_count: Callable[[int], int], templates: int, arrays: int
+) -> Image:
+    """``leaf_count(t)`` is the number of leaves of template ``t``."""
+    s = "images"
+    template, axes, channels, levels, scale, translation = _list(value, s, index, "image", 6)
+    if type(template) is not int or not 0 <= template < templates:
+        raise FormatError(s, index, "template reference out of range")
+    n = leaf_count(template)
+    ndim = len(_list(axes, s, index, "axes"))
+
+    def span(ref: Any, what: str) -> Ref:
+        first = _ref(ref, s, index, what, n)
+        if first is not None and first + ndim > n:
+            raise FormatError(s, index, f"{what}: transform runs past the leaves")
+        return first
+
+    decoded_axes = tuple(
+        tuple(_ref(r, s, index, "axis", n) for r in _list(a, s, index, "axis", 3)) for a in axes
     )
-    meta[META_PREFIX + "header_checksum"] = str(header_checksum(meta))
-    columns = [
-        _list_column(list(content.rows), SCHEMA.field("rows").type),
-        _list_column(list(content.columns), SCHEMA.field("columns").type),
-        _list_column([dict(a) for a in content.acquisitions], SCHEMA.field("acquisitions").type),
-        _list_column(wells, SCHEMA.field("wells").type),
-        _list_column(positions, SCHEMA.field("positions").type),
-        _list_column(_lookup_table(keys), SCHEMA.field("lookup").type),
-        _list_column(
-            [{"data": b, "checksum": zlib.crc32(b)} for b in blobs.data],
-            SCHEMA.field("blobs").type,
-        ),
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA.with_metadata(meta))
+    decoded_levels = []
+    for item in _list(levels, s, index, "levels"):
+        path, array, lscale, ltrans = _list(item, s, index, "level", 4)
+        if type(array) is not int or not 0 <= array < arrays:
+            raise FormatError(s, index, "array reference out of range")
+        level_path = _ref(path, s, index, "level path", n)
+        if level_path is None:
+            raise FormatError(s, index, "level path: missing")
+        decoded_levels.append(Level(level_path, array, span(lscale, "scale"), span(ltrans, "translation")))
+    if not decoded_levels:
+        raise FormatError(s, index, "an image has one level at least")
+    return Image(
+        template,
+        decoded_axes,  # type: ignore[arg-type]
+        tuple(_ref(r, s, index, "channel", n) for r in _list(channels, s, index, "channels")),
+        tuple(decoded_levels),
+        span(scale, "scale"),
+        span(translation, "translation"),
+    )
 
 
-def new_file(path: str | os.PathLike[str], content: SnapshotContent) -> Path:
-    """Write a snapshot atomically: temp file in the same directory, fsync, rename.
-
-    Readers never see a partial file, and a reader that has the previous
-    snapshot mapped keeps a valid mapping (``os.replace`` swaps the inode).
-    """
-    target = Path(path)
-    batch = encode(content)
-    sink = pa.BufferOutputStream()
-    with ipc.new_file(sink, batch.schema) as writer:
-        writer.write_batch(batch)
-    data = sink.getvalue()
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    return target
+@dataclass(frozen=True, slots=True)
+class WellRecord:
+    template: int
+    patch: Mapping[int, Any]
+    count: int
+    documents: tuple[Fingerprint | None, ...]
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable; some filesystems refuse fsync on directories.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+@dataclass(frozen=True, slots=True)
+class PositionRecord:
+    image: int
+    patch: Mapping[int, Any]
+    acquisition: int | None
+    documents: tuple[Fingerprint | None, ...]
 
 
-def stale_temp_files(directory: Path) -> list[Path]:
-    """Temp files left by builders that died before their rename."""
-    return sorted(directory.glob(f"{SNAPSHOT_NAME}.*.tmp"))
+def encode_well(record: WellRecord, base: int) -> bytes:
+    return pack(
+        [record.template, encode_patch(record.patch), record.count, encode_documents(record.documents, base)]
+    )
+
+
+def encode_position(record: PositionRecord, base: int) -> bytes:
+    return pack(
+        [
+            record.image,
+            encode_patch(record.patch),
+            record.acquisition,
+            encode_documents(record.documents, base),
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlateRecord:
+    """Plate-level facts: the one authoritative header of a snapshot."""
+
+    ngff_version: str
+    zarr_format: int
+    plate: Mapping[str, JSON]  # the root's plate object without its "wells"
+    root: Fingerprint
+    mtime_base: int
+    build_start_ns: int
+    granularity_ns: int
+    wells: int
+    positions: int
+    location: str
+    writer: str
+    checksums: Mapping[str, int]
+
+    def encode(self) -> bytes:
+        return pack(
+            {
+                "ngff_version": self.ngff_version,
+                "zarr_format": self.zarr_format,
+                "plate": dict(self.plate),
+                "root": [self.root.size, self.root.mtime_ns, self.root.content],
+                "mtime_base": self.mtime_base,
+                "build_start_ns": self.build_start_ns,
+                "granularity_ns": self.granularity_ns,
+                "wells": self.wells,
+                "positions": self.positions,
+                "location": self.location,
+                "writer": self.writer,
+                "checksums": dict(self.checksums),
+            }
+        )
+
+
+PLATE_KEYS: Final = (
+    "ngff_version",
+    "zarr_format",
+    "plate",
+    "root",
+    "mtime_base",
+    "build_start_ns",
+    "granularity_ns",
+    "wells",
+    "positions",
+    "location",
+    "writer",
+    "checksums",
+)
+
+
+def decode_plate(value: Any, contents: int) -> PlateRecord:
+    s = "plate"
+    if type(value) is not dict or tuple(value) != PLATE_KEYS:
+        raise FormatError(s, None, f"expected a map with keys {', '.join(PLATE_KEYS)}")
+    if value["zarr_format"] not in (2, 3) or type(value["zarr_format"]) is not int:
+        raise FormatError(s, None, "zarr_format: expected 2 or 3")
+    plate = value["plate"]
+    if type(plate) is not dict or "wells" in plate:
+        raise FormatError(s, None, "plate: expected the plate object without wells")
+    size, mtime, content = _list(value["root"], s, None, "root", 3)
+    _int(size, s, None, "root size")
+    _int(mtime, s, None, "root mtime", low=SMUDGED)
+    if type(content) is not int or not 0 <= content < contents:
+        raise FormatError(s, None, "root content reference out of range")
+    checksums = value["checksums"]
+    if type(checksums) is not dict or sorted(checksums) != sorted(FIXED_SECTIONS):
+        raise FormatError(s, None, "checksums: expected one per fixed-size section")
+    for name in FIXED_SECTIONS:
+        _int(checksums[name], s, None, f"checksums.{name}")
+    return PlateRecord(
+        ngff_version=_str(value["ngff_version"], s, None, "ngff_version"),
+        zarr_format=value["zarr_format"],
+        plate=plate,
+        root=Fingerprint(size, mtime, content),
+        mtime_base=_int(value["mtime_base"], s, None, "mtime_base", low=-(2**63)),
+        build_start_ns=_int(value["build_start_ns"], s, None, "build_start_ns", low=-(2**63)),
+        granularity_ns=_int(value["granularity_ns"], s, None, "granularity_ns"),
+        wells=_int(value["wells"], s, None, "wells"),
+        positions=_int(value["positions"], s, None, "positions"),
+        location=_str(value["location"], s, None, "location"),
+        writer=_str(value["writer"], s, None, "writer"),
+        checksums=checksums,
+    )
 
 
 # ---------------------------------------------------------------------------
-# reader
+# node records
 
 
-class _Binary:
-    """One binary child array, read through bounds-checked numpy views."""
-
-    __slots__ = ("data", "length", "offsets")
-
-    def __init__(self, array: pa.Array, name: str, path: Path) -> None:
-        large = pa.types.is_large_binary(array.type)
-        buffers = array.buffers()
-        self.length = len(array)
-        try:
-            self.offsets = np.frombuffer(
-                buffers[1],
-                dtype=np.int64 if large else np.int32,
-                count=self.length + 1,
-                offset=array.offset * (8 if large else 4),
-            )
-        except (ValueError, TypeError) as exc:
-            raise corrupt(path, f"{name}: offsets buffer too short", name) from exc
-        self.data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
-
-    def get(self, index: int, path: Path, section: str) -> memoryview:
-        start = int(self.offsets[index])
-        end = int(self.offsets[index + 1])
-        if not 0 <= start <= end <= len(self.data):
-            raise corrupt(path, f"{section}[{index}]: record offsets out of bounds", section, index)
-        return self.data[start:end]
+def is_well_path(path: str) -> bool:
+    """Wells are ``row/column``, positions ``row/column/field``."""
+    return path.count("/") == 1
 
 
-def corrupt(path: Path, reason: str, section: str | None = None, index: int | None = None):
-    return SnapshotCorruptError(
-        f"snapshot {path} is corrupt: {reason}; rebuild it with `snapmeta build {path.parent}`",
-        snapshot=str(path),
-        reason=reason,
-        section=section,
-        index=index,
+def decode_well(
+    value: Any,
+    index: int,
+    base: int,
+    leaf_count: Callable[[int], int],
+    templates: int,
+    contents: int,
+) -> WellRecord:
+    s = "nodes"
+    template, patch, count, documents = _list(value, s, index, "well", 4)
+    if type(template) is not int or not 0 <= template < templates:
+        raise FormatError(s, index, "template reference out of range")
+    docs = decode_documents(documents, base, contents, s, index)
+    if len(docs) != 1 or docs[0] is None:
+        raise FormatError(s, index, "a well has exactly one document")
+    return WellRecord(
+        template,
+        decode_patch(patch, leaf_count(template), s, index),
+        _int(count, s, index, "position count", low=1),
+        docs,
     )
 
 
-def _fixed(array: pa.Array, dtype: type[np.generic], name: str, path: Path) -> np.ndarray:
-    if array.null_count:
-        raise corrupt(path, f"{name}: unexpected nulls", name)
-    try:
-        return np.frombuffer(
-            array.buffers()[1],
-            dtype=np.dtype(dtype).newbyteorder("<"),
-            count=len(array),
-            offset=array.offset * np.dtype(dtype).itemsize,
-        )
-    except (ValueError, TypeError) as exc:
-        raise corrupt(path, f"{name}: buffer too short", name) from exc
+def decode_position(
+    value: Any, index: int, base: int, images: int, contents: int
+) -> tuple[int, list[Any], int | None, tuple[Fingerprint | None, ...]]:
+    """The raw fields of a position record; the patch is checked against its image later."""
+    if type(value) is not list or len(value) != 4:
+        raise FormatError("nodes", index, "position: expected a list of 4")
+    image, patch, acquisition, documents = value
+    if type(image) is not int or not 0 <= image < images:
+        raise FormatError("nodes", index, "image reference out of range")
+    if acquisition is not None and type(acquisition) is not int:
+        raise FormatError("nodes", index, "acquisition: expected an integer or nil")
+    docs = decode_documents(documents, base, contents, "nodes", index)
+    if len(docs) < 3 or docs[0] is None or docs[1] is None:
+        raise FormatError("nodes", index, "a position lists its well, group and array documents")
+    return image, patch, acquisition, docs
 
 
-def _pylist(array: pa.Array, section: str, path: Path) -> list[Any]:
-    """Python values of a typed column, after Arrow's full validation.
-
-    Full validation is O(len(array)); it is used only where the caller reads
-    the whole column anyway. Without it, damaged offsets could make Arrow read
-    outside the mapped buffers.
-    """
-    try:
-        array.validate(full=True)
-        return array.to_pylist()
-    except (pa.ArrowException, UnicodeDecodeError, ValueError, OverflowError) as exc:
-        raise corrupt(path, f"{section}: invalid column data ({exc})", section) from exc
+def position_documents(zarr_format: int, levels: int) -> int:
+    """How many fingerprints a position record holds."""
+    return 2 + levels * (1 if zarr_format == 3 else 2)
 
 
-class SnapshotFile:
-    """A memory-mapped snapshot: O(1) checked access to any well or position.
-
-    Opening reads the footer, the schema metadata and the buffer layout; it
-    touches no entry. Every entry read afterwards is bounds-checked and
-    verified against its CRC-32, so damage gives :class:`SnapshotCorruptError`
-    rather than wrong metadata.
-    """
-
-    def __init__(
-        self, path: Path, source: pa.MemoryMappedFile, batch: pa.RecordBatch, meta: dict[str, str]
-    ) -> None:
-        self.path = path
-        self._source = source
-        self._batch = batch
-        self.meta = meta
-        try:
-            self.position_count = int(meta[META_PREFIX + "position_count"])
-            self.well_count = int(meta[META_PREFIX + "well_count"])
-            self.root_attributes_blob = int(meta[META_PREFIX + "root_attributes"])
-            self.root_fingerprint: dict[str, Any] = {
-                "path": meta[META_PREFIX + "root_document"],
-                "size": int(meta[META_PREFIX + "root_size"]),
-                "mtime_ns": int(meta[META_PREFIX + "root_mtime_ns"]),
-                "digest": bytes.fromhex(meta[META_PREFIX + "root_digest"]),
-            }
-        except (KeyError, ValueError) as exc:
-            raise corrupt(path, f"schema metadata: {exc}") from exc
-        positions = batch.column("positions").values
-        wells = batch.column("wells").values
-        lookup = batch.column("lookup").values
-        blobs = batch.column("blobs").values
-        if len(positions) != self.position_count or len(wells) != self.well_count:
-            raise corrupt(path, "section lengths do not match the header")
-        self._positions = _Binary(positions.field("record"), "positions", path)
-        self._position_sums = _fixed(positions.field("checksum"), np.uint32, "positions", path)
-        self._wells = _Binary(wells.field("record"), "wells", path)
-        self._well_sums = _fixed(wells.field("checksum"), np.uint32, "wells", path)
-        self._slot_hash = _fixed(lookup.field("hash"), np.uint64, "lookup", path)
-        self._slot_target = _fixed(lookup.field("target"), np.int64, "lookup", path)
-        self._slot_sums = _fixed(lookup.field("checksum"), np.uint32, "lookup", path)
-        capacity = len(self._slot_hash)
-        if capacity == 0 or capacity & (capacity - 1):
-            raise corrupt(path, "lookup: capacity is not a power of two", "lookup")
-        self._mask = capacity - 1
-        self._blobs = _Binary(blobs.field("data"), "blobs", path)
-        self._blob_sums = _fixed(blobs.field("checksum"), np.uint32, "blobs", path)
-
-    # -- header ---------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        return self.meta.get(META_PREFIX + key)
-
-    @property
-    def format_version(self) -> int:
-        return int(self.meta[META_PREFIX + "format_version"])
-
-    def plate_lists(self) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-        """Rows, columns and acquisitions, verified against the plate checksum."""
-        batch = self._batch
-        rows = _pylist(batch.column("rows").values, "rows", self.path)
-        columns = _pylist(batch.column("columns").values, "columns", self.path)
-        acquisitions = _pylist(batch.column("acquisitions").values, "acquisitions", self.path)
-        expected = self.meta.get(META_PREFIX + "plate_checksum")
-        if expected != str(plate_checksum(rows, columns, acquisitions)):
-            raise corrupt(self.path, "plate section checksum mismatch", "plate")
-        return rows, columns, acquisitions
-
-    # -- entries ----------------------------------------------------------------
-
-    def _record(self, column: _Binary, sums: np.ndarray, index: int, section: str) -> Any:
-        data = column.get(index, self.path, section)
-        if zlib.crc32(data) != int(sums[index]):
-            raise corrupt(self.path, f"{section}[{index}]: checksum mismatch", section, index)
-        try:
-            return unpack(data)
-        except Exception as exc:  # any msgpack failure here means damage
-            raise corrupt(
-                self.path, f"{section}[{index}]: undecodable record", section, index
-            ) from exc
-
-    def position(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self.position_count:
-            raise corrupt(self.path, f"positions[{index}]: index out of range", "positions", index)
-        record = self._record(self._positions, self._position_sums, index, "positions")
-        if not isinstance(record, dict) or tuple(record) != POSITION_NAMES:
-            raise corrupt(self.path, f"positions[{index}]: unexpected record layout", "positions")
-        return record
-
-    def well(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self.well_count:
-            raise corrupt(self.path, f"wells[{index}]: index out of range", "wells", index)
-        record = self._record(self._wells, self._well_sums, index, "wells")
-        if not isinstance(record, dict) or tuple(record) != WELL_NAMES:
-            raise corrupt(self.path, f"wells[{index}]: unexpected record layout", "wells")
-        return record
-
-    def blob(self, index: int) -> bytes:
-        if not 0 <= index < len(self._blob_sums):
-            raise corrupt(self.path, f"blobs[{index}]: index out of range", "blobs", index)
-        data = self._blobs.get(index, self.path, "blobs")
-        if zlib.crc32(data) != int(self._blob_sums[index]):
-            raise corrupt(self.path, f"blobs[{index}]: checksum mismatch", "blobs", index)
-        return bytes(data)
-
-    def blob_or_none(self, index: int) -> bytes | None:
-        return None if index == NO_BLOB else self.blob(index)
-
-    def lookup(self, key: str) -> tuple[int, dict[str, Any]] | None:
-        """``(target, record)`` of ``key``: a position row (>= 0) or ``-2 - well``.
-
-        The record is decoded anyway to confirm the path, so it is returned
-        rather than decoded twice.
-        """
-        h = key_hash(key)
-        slot = h & self._mask
-        for _ in range(self._mask + 1):
-            stored_hash = int(self._slot_hash[slot])
-            target = int(self._slot_target[slot])
-            if int(self._slot_sums[slot]) != slot_checksum(slot, stored_hash, target):
-                raise corrupt(self.path, f"lookup[{slot}]: checksum mismatch", "lookup", slot)
-            if target == EMPTY_SLOT:
-                return None
-            if stored_hash == h:
-                record = self.position(target) if target >= 0 else self.well(-2 - target)
-                if record["path"] == key:
-                    return target, record
-            slot = (slot + 1) & self._mask
-        return None
-
-    def find(self, key: str) -> int | None:
-        """Lookup target of ``key`` (see :meth:`lookup`), or None."""
-        found = self.lookup(key)
-        return None if found is None else found[0]
-
-    def position_paths(self) -> list[str]:
-        """Every position path in plate order, verified against ``paths_checksum``.
-
-        Reads the typed ``path`` column: one checksum over all paths costs far
-        less than decoding every record.
-        """
-        paths = _pylist(
-            self._batch.column("positions").values.field("path"), "positions", self.path
-        )
-        if self.meta.get(META_PREFIX + "paths_checksum") != str(paths_checksum(paths)):
-            raise corrupt(self.path, "position paths checksum mismatch", "positions")
-        return paths
-
-    def iter_positions(self) -> Iterator[dict[str, Any]]:
-        for i in range(self.position_count):
-            yield self.position(i)
-
-    def iter_wells(self) -> Iterator[dict[str, Any]]:
-        for i in range(self.well_count):
-            yield self.well(i)
-
-    def typed_positions(self) -> list[dict[str, Any]]:
-        """The typed position columns as Python values (for verification)."""
-        return _pylist(self._batch.column("positions").values, "positions", self.path)
-
-    def typed_wells(self) -> list[dict[str, Any]]:
-        return _pylist(self._batch.column("wells").values, "wells", self.path)
-
-    def lookup_targets(self) -> Iterable[tuple[int, int, int]]:
-        for i in range(self._mask + 1):
-            yield i, int(self._slot_hash[i]), int(self._slot_target[i])
-
-    def verify_lookup(self) -> None:
-        for slot, h, target in self.lookup_targets():
-            if int(self._slot_sums[slot]) != slot_checksum(slot, h, target):
-                raise corrupt(self.path, f"lookup[{slot}]: checksum mismatch", "lookup", slot)
-
-    @property
-    def blob_count(self) -> int:
-        return len(self._blob_sums)
-
-
-def snapshot_not_found(path: Path) -> SnapshotNotFoundError:
-    return SnapshotNotFoundError(
-        f"no snapshot at {path}; create one with `snapmeta build {path.parent}`",
-        store=str(path.parent),
-        snapshot=str(path),
-    )
-
-
-def open_file(path: str | os.PathLike[str]) -> SnapshotFile:
-    """Memory-map a snapshot file and check its header (O(1) in the plate size)."""
-    path = Path(path)
-    try:
-        source = pa.memory_map(str(path), "r")
-    except FileNotFoundError as exc:
-        raise snapshot_not_found(path) from exc
-    except (OSError, pa.ArrowException) as exc:
-        # e.g. an empty file (nothing to map) or a directory under the name
-        raise SnapshotFormatError(
-            f"cannot map snapshot {path}: {exc}; rebuild it with `snapmeta build {path.parent}`",
-            snapshot=str(path),
-            reason=str(exc),
-        ) from exc
-    try:
-        reader = ipc.open_file(source)
-        schema = reader.schema
-    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
-        # any Arrow error here (invalid, not implemented, out of memory for a
-        # damaged length) means the footer or schema is damaged
-        raise corrupt(path, f"not an Arrow IPC file ({exc})") from exc
-    meta = {
-        k.decode(errors="replace"): v.decode(errors="replace")
-        for k, v in (schema.metadata or {}).items()
-    }
-    if meta.get(META_PREFIX + "magic") != MAGIC:
-        raise SnapshotFormatError(
-            f"{path} is not a snapmeta snapshot (missing or wrong magic)",
-            snapshot=str(path),
-            reason="magic",
-        )
-    raw_version = meta.get(META_PREFIX + "format_version", "")
-    if not raw_version.isdigit() or int(raw_version) not in SUPPORTED_VERSIONS:
-        raise UnsupportedFormatVersionError(
-            f"snapshot {path} has format version {raw_version!r}; this snapmeta reads "
-            f"{', '.join(map(str, SUPPORTED_VERSIONS))}. Upgrade snapmeta or rebuild the "
-            f"snapshot with `snapmeta build {path.parent}`",
-            snapshot=str(path),
-            reason="version",
-            found_version=raw_version,
-            supported=SUPPORTED_VERSIONS,
-        )
-    if meta.get(META_PREFIX + "header_checksum") != str(header_checksum(meta)):
-        raise corrupt(path, "header checksum mismatch", "header")
-    if not schema.remove_metadata().equals(SCHEMA):
-        raise corrupt(path, "schema does not match format version 1", "schema")
-    try:
-        if reader.num_record_batches != 1:
-            raise corrupt(path, "expected exactly one record batch")
-        batch = reader.get_batch(0)
-        batch.validate()
-        if batch.num_rows != 1:
-            raise corrupt(path, "expected exactly one row")
-        return SnapshotFile(path, source, batch, meta)
-    except SnapshotFormatError:
-        raise
-    except (pa.ArrowException, OSError, ValueError, IndexError, KeyError, TypeError) as exc:
-        raise corrupt(path, f"unreadable record batch ({exc})") from exc
+def iter_pairs(items: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+    for i in range(0, len(items), 2):
+        yield items[i], items[i + 1]

@@ -1,37 +1,35 @@
-"""Open plates and positions from a memory-mapped snapshot.
+"""Open plates and positions: thin views over records from a source.
 
-Nothing here parses JSON or imports pydantic on the way from ``open_*`` to a
-``zarr.Array``: the snapshot is mapped once per process (and re-mapped when
-it is replaced), one position is found through the stored hash table, and
-its record is decoded and checksummed alone. Freshness checks cost one
-``stat`` per document involved. When a document changed, that node is read
-from its JSON instead, with a :class:`~snapmeta.errors.SnapshotStaleWarning`.
+The way from ``open_position`` to a ``zarr.Array`` is a straight line:
+find the mapped snapshot (kept per process), look the position up (O(1), one
+checksummed record), check the documents it depends on, hand out a
+:class:`Position`; ``position["0"]`` checks the level's array documents and
+builds the array from cached parsed metadata. No JSON is parsed and pydantic
+is never imported on that way. A node whose documents changed is served from
+its JSON documents instead (a source switch), with a warning.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
+import math
 import os
-import threading
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import zarr
 
-from . import _format, _freshness, _ngff
-from ._arrays import array_from_metadata, local_store, parse_metadata
-from ._freshness import Check
+from . import _arrays, _locate, _reader
+from ._freshness import Check, OnStale, Policy, Walk, changed_documents, store_is_slow
+from ._reader import SnapshotReader
+from ._sources import JsonSource, PlateMeta, PositionMeta, SnapshotSource, WellMeta, not_found
 from .errors import (
     ChannelNotFoundError,
-    PlateValidationError,
     PositionNotFoundError,
-    Problem,
-    SnapshotStaleWarning,
+    SnapshotFormatError,
+    SnapshotNotFoundError,
     StaleSnapshotError,
+    UnsupportedFormatVersionError,
 )
 
 __all__ = [
@@ -46,9 +44,7 @@ __all__ = [
 ]
 
 Mode = Literal["r", "r+", "a"]
-OnStale = Literal["fallback", "raise"]
-MODES = ("r", "r+", "a")
-ON_STALE = ("fallback", "raise")
+MODES: tuple[Mode, ...] = ("r", "r+", "a")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +70,14 @@ class Acquisition:
 
 @dataclass(frozen=True, slots=True)
 class ArrayInfo:
-    """A resolution level as the snapshot knows it, without any I/O."""
+    """A resolution level as the snapshot knows it, without reading the array.
+
+    ``scale`` and ``translation`` are the level's effective transform by
+    NGFF's rules: the dataset's transforms, then the multiscale's, so
+    ``scale = s_level * s_global`` and
+    ``translation = t_level * s_global + t_global``. ``translation`` is None
+    when neither transform list has a translation.
+    """
 
     path: str
     shape: tuple[int, ...]
@@ -84,115 +87,103 @@ class ArrayInfo:
     translation: tuple[float, ...] | None
 
 
-class Well:
-    """One well: its place on the plate, its positions and (lazily) its attributes."""
-
-    __slots__ = (
-        "_attrs",
-        "_raw",
-        "column",
-        "column_index",
-        "path",
-        "positions",
-        "row",
-        "row_index",
-    )
-
-    def __init__(self, record: dict[str, Any], positions: tuple[str, ...], raw: Any) -> None:
-        self.path: str = record["path"]
-        self.row: str = record["row"]
-        self.column: str = record["column"]
-        self.row_index: int = record["row_index"]
-        self.column_index: int = record["column_index"]
-        self.positions = positions
-        self._raw = raw
-        self._attrs: dict[str, Any] | None = None
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """The well group's full attributes, decoded on first access."""
-        if self._attrs is None:
-            self._attrs = self._raw()
-        return self._attrs
-
-    def __repr__(self) -> str:
-        return f"<snapmeta.Well {self.path!r}: {len(self.positions)} positions>"
-
-
 # ---------------------------------------------------------------------------
-# per-process cache of mapped snapshots
+# per-process state: which snapshot serves a plate, parsed array metadata
 
 
 @dataclass(slots=True)
-class _Mapped:
-    identity: tuple[int, int, int, int]
-    snapshot: _format.SnapshotFile
-    stores: dict[bool, Any] = field(default_factory=dict)
-    # Parsed zarr metadata per blob: positions of a plate share a handful of
-    # array documents, and zarr's parser costs more than the rest of an open.
-    arrays: dict[int, Any] = field(default_factory=dict)
+class _Entry:
+    """The snapshot serving a plate in this process."""
+
+    root: str
+    path: str
+    source: SnapshotSource
+    stores: dict[bool, Any]
+    slow: bool  # stats are round trips: walk directories, check concurrently
+
+    def walk(self) -> Walk | None:
+        return Walk(self.root) if self.slow else None
 
 
-_cache: dict[str, _Mapped] = {}
-_cache_lock = threading.Lock()
-
-
-def _mapped(root: Path) -> _Mapped:
-    """The mapped snapshot of ``root``; one ``stat`` tells whether it was replaced."""
-    path = f"{root}/{_format.SNAPSHOT_NAME}"  # a str: pathlib costs more than the stat
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise _format.snapshot_not_found(Path(path)) from None
-    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    key = path
-    entry = _cache.get(key)
-    if entry is not None and entry.identity == identity:
-        return entry
-    with _cache_lock:
-        entry = _cache.get(key)
-        if entry is None or entry.identity != identity:
-            # The old mapping stays valid for handles that hold it: os.replace
-            # gave the new snapshot a new inode.
-            snapshot = _format.open_file(path)
-            after = os.stat(path)
-            if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) != identity:
-                # replaced between the stat and the mapping: which file is
-                # mapped is unknown, so do not cache it under either identity
-                return _Mapped(identity, snapshot)
-            entry = _Mapped(identity, snapshot)
-            _cache[key] = entry
-    return entry
+_entries: dict[tuple[str, str | None], _Entry] = {}
+_parsed: dict[Any, Any] = {}
+_POLICIES: dict[tuple[str, str], Policy] = {}
 
 
 def clear_cache() -> None:
-    """Forget every mapped snapshot of this process (handles keep theirs)."""
-    with _cache_lock:
-        _cache.clear()
+    """Forget every mapped snapshot and parsed metadata of this process."""
+    _entries.clear()
+    _parsed.clear()
+    _reader.clear_cache()
 
 
-def _store_for(entry: _Mapped, root: Path, mode: Mode) -> Any:
+def _policy(check: str, on_stale: str) -> Policy:
+    policy = _POLICIES.get((check, on_stale))
+    if policy is None:
+        policy = _POLICIES[(check, on_stale)] = Policy(check, on_stale)  # type: ignore[arg-type]
+    return policy
+
+
+def _locate_snapshot(root: str, snapshot: str | None, *, refresh: bool) -> _Entry:
+    """The entry of ``root``; without ``refresh``, the cached one (no I/O)."""
+    key = (root, snapshot)
+    entry = _entries.get(key)
+    if entry is not None and not refresh:
+        return entry
+    missing: list[str] = []
+    for candidate in _locate.snapshot_candidates(root, snapshot):
+        try:
+            reader = _reader.mapped(candidate)
+        except SnapshotNotFoundError:
+            missing.append(candidate)
+            continue
+        if _locate.is_external(root, candidate) and reader.plate.location != root:
+            # a snapshot of the same name made for another plate: not ours
+            missing.append(candidate)
+            continue
+        if entry is None or entry.source.reader is not reader:
+            slow = entry.slow if entry is not None else store_is_slow(root)
+            entry = _Entry(root, candidate, SnapshotSource(reader), {}, slow)
+            _entries[key] = entry
+        return entry
+    if not os.path.isdir(root):
+        raise SnapshotNotFoundError(
+            f"{root} does not exist or is not a directory", store=root, snapshot=missing[-1]
+        )
+    legacy = os.path.join(root, _locate.LEGACY_NAME)
+    if snapshot is None and os.path.isfile(legacy):
+        raise UnsupportedFormatVersionError(
+            f"{root} has a snapshot in format 1 ({legacy}), which this snapmeta does not "
+            f"read; rebuild it with `snapmeta build {root}`",
+            snapshot=legacy,
+            reason="version",
+            found_version="1",
+            supported=(2,),
+        )
+    raise SnapshotNotFoundError(
+        f"no snapshot of {root} (looked at {', '.join(missing)}); create one with "
+        f"`snapmeta build {root}`",
+        store=root,
+        snapshot=missing[0],
+    )
+
+
+def _store(entry_stores: dict[bool, Any], root: str, mode: Mode) -> Any:
     read_only = mode == "r"
-    store = entry.stores.get(read_only)
+    store = entry_stores.get(read_only)
     if store is None:
-        store = entry.stores[read_only] = local_store(root, read_only=read_only)
+        store = entry_stores[read_only] = _arrays.local_store(root, read_only=read_only)
     return store
 
 
-def _check_args(mode: str, check: str, on_stale: str) -> Check:
+def _check_mode(mode: str) -> Mode:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
-    if on_stale not in ON_STALE:
-        raise ValueError(
-            f"on_stale must be one of {', '.join(map(repr, ON_STALE))}, not {on_stale!r}"
-        )
-    return _freshness.validate_check(check)
+    return mode  # type: ignore[return-value]
 
 
-def _root_of(store: str | os.PathLike[str]) -> Path:
-    if not isinstance(store, str | os.PathLike):
-        raise TypeError(f"store must be a path (str or os.PathLike), not {type(store).__name__}")
-    return Path(os.path.abspath(store))
+def _float(value: Any) -> float:
+    return float(value)
 
 
 # ---------------------------------------------------------------------------
@@ -206,198 +197,264 @@ class Position:
     receiving process maps the snapshot itself.
     """
 
-    __slots__ = ("_attrs", "_checked", "_entry", "_mode", "_options", "_record", "_root")
+    __slots__ = (
+        "_checked",
+        "_entry",
+        "_meta",
+        "_mode",
+        "_policy",
+        "_root",
+        "_snapshot",
+        "_walk",
+    )
 
     def __init__(
         self,
-        root: Path,
-        record: dict[str, Any],
-        *,
-        entry: _Mapped,
-        from_snapshot: bool,
+        root: str,
+        meta: PositionMeta,
+        entry: _Entry,
         mode: Mode,
-        options: tuple[Check, OnStale],
+        policy: Policy,
+        snapshot: str | None,
+        walk: Walk | None = None,
     ) -> None:
         self._root = root
-        self._record = record
+        self._walk = walk
+        self._meta = meta
         self._entry = entry
         self._mode = mode
-        self._options = options
-        self._attrs: dict[str, Any] | None = None
-        # Levels whose array documents were checked (or read from JSON).
-        self._checked: set[int] | None = set() if from_snapshot else None
+        self._policy = policy
+        self._snapshot = snapshot
+        self._checked = 0  # bit i: level i's documents were checked
 
     def __reduce__(self) -> tuple[Any, ...]:
-        check, on_stale = self._options
-        return (_reopen_position, (str(self._root), self.path, self._mode, check, on_stale))
+        p = self._policy
+        return (
+            _reopen_position,
+            (self._root, self._meta.path, self._mode, p.check, p.on_stale, self._snapshot),
+        )
 
     def __repr__(self) -> str:
-        return f"<snapmeta.Position {self.path!r} of {str(self._root)!r}>"
+        return f"<snapmeta.Position {self._meta.path!r} of {self._root!r}>"
 
-    # -- identity -------------------------------------------------------------
+    # -- identity ---------------------------------------------------------------------
 
     @property
     def path(self) -> str:
         """Path of the position inside the plate, e.g. ``"B/3/0"``."""
-        return self._record["path"]
+        return self._meta.path
 
     @property
     def well(self) -> str:
         """Path of the well, e.g. ``"B/3"``."""
-        return self._record["well"]
+        return self._meta.path.rpartition("/")[0]
 
     @property
     def field(self) -> str:
         """The image path inside the well, e.g. ``"0"``."""
-        return self._record["field"]
+        return self._meta.path.rpartition("/")[2]
 
     @property
     def acquisition(self) -> int | None:
-        return self._record["acquisition"]
+        return self._meta.acquisition
 
     @property
-    def store(self) -> Path:
+    def store(self) -> str:
         return self._root
 
-    # -- channels and axes ------------------------------------------------------
+    @property
+    def zarr_format(self) -> int:
+        return self._meta.zarr_format
+
+    @property
+    def from_snapshot(self) -> bool:
+        """False when this position's metadata was read from its JSON documents."""
+        return self._meta.from_snapshot
+
+    # -- channels and axes -----------------------------------------------------------------
 
     @property
     def channel_names(self) -> tuple[str, ...]:
-        return tuple(self._record["channel_names"])
+        meta = self._meta
+        out = []
+        for i, ref in enumerate(meta.image.channels):
+            label = None if ref is None else meta.leaf(ref)
+            out.append(label if type(label) is str else str(i))
+        return tuple(out)
 
     def get_channel_index(self, name: str) -> int:
         """Index of a channel by its label; raises :class:`ChannelNotFoundError`."""
-        names = self._record["channel_names"]
+        names = self.channel_names
         try:
             return names.index(name)
         except ValueError:
             raise ChannelNotFoundError(
                 f"no channel {name!r} in {self.path}; channels are {', '.join(names) or '(none)'}",
                 key=name,
-                channels=tuple(names),
+                channels=names,
                 position=self.path,
             ) from None
 
     @property
     def axes(self) -> tuple[Axis, ...]:
-        r = self._record
-        return tuple(
-            Axis(n, t, u)
-            for n, t, u in zip(r["axis_names"], r["axis_types"], r["axis_units"], strict=True)
-        )
+        meta = self._meta
+        out = []
+        for name, kind, unit in meta.image.axes:
+            out.append(
+                Axis(
+                    str(meta.leaf(name)) if name is not None else "",
+                    None if kind is None else _opt_str(meta.leaf(kind)),
+                    None if unit is None else _opt_str(meta.leaf(unit)),
+                )
+            )
+        return tuple(out)
 
     @property
     def axis_names(self) -> tuple[str, ...]:
-        return tuple(self._record["axis_names"])
+        meta = self._meta
+        return tuple(
+            str(meta.leaf(name)) if name is not None else "" for name, _, _ in meta.image.axes
+        )
 
     @property
     def levels(self) -> tuple[str, ...]:
         """Dataset paths of the resolution levels, highest resolution first."""
-        return tuple(self._record["levels"])
+        return tuple(self._meta.level_path(i) for i in range(len(self._meta.image.levels)))
 
     def _level_index(self, level: str | int) -> int:
-        levels = self._record["levels"]
+        count = len(self._meta.image.levels)
         if isinstance(level, int) and not isinstance(level, bool):
-            if 0 <= level < len(levels):
+            if 0 <= level < count:
                 return level
-        elif level in levels:
-            return levels.index(level)
+        elif isinstance(level, str):
+            for i in range(count):
+                if self._meta.level_path(i) == level:
+                    return i
+        levels = self.levels
         raise PositionNotFoundError(
             f"{self.path} has no level {level!r}; levels are {', '.join(levels)}",
-            store=str(self._root),
+            store=self._root,
             key=f"{self.path}/{level}",
-            suggestions=tuple(levels),
+            suggestions=levels,
         )
 
-    def _level_record(self, i: int) -> dict[str, Any]:
-        """The record, once level ``i``'s array documents are known to be fresh."""
-        if self._checked is not None and i not in self._checked:
-            self._check_level(i)
-        return self._record
+    def _fresh_level(self, i: int) -> PositionMeta:
+        """The metadata, once level ``i``'s array documents are known to match it."""
+        if self._checked >> i & 1:
+            return self._meta
+        meta = self._meta
+        if meta.from_snapshot:
+            docs, fps = meta.level_documents(i)
+            walk = self._walk
+            if walk is None or not walk.fresh():
+                walk = self._walk = self._entry.walk()
+            changed = changed_documents(
+                self._root, docs, fps, self._policy.check, meta.digest_of, walk=walk
+            )
+            if changed:
+                self._policy.stale(
+                    self._root, changed, f"{meta.path} is read from its JSON documents"
+                )
+                self._meta = meta = _json_position(self._root, meta.zarr_format, meta.path)
+                self._checked = 0
+        self._checked |= 1 << i
+        return meta
+
+    def _transform(self, meta: PositionMeta, i: int) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
+        image = meta.image
+        ndim = len(image.axes)
+        level = image.levels[i]
+
+        def values(ref: int | None) -> list[float] | None:
+            if ref is None:
+                return None
+            return [_float(meta.leaf(ref + k)) for k in range(ndim)]
+
+        s_level = values(level.scale) or [1.0] * ndim
+        t_level = values(level.translation)
+        s_global = values(image.scale)
+        t_global = values(image.translation)
+        scale = s_level if s_global is None else [a * b for a, b in zip(s_level, s_global, strict=True)]
+        if t_level is None and t_global is None:
+            return tuple(scale), None
+        translation = t_level or [0.0] * ndim
+        if s_global is not None:
+            translation = [t * s for t, s in zip(translation, s_global, strict=True)]
+        if t_global is not None:
+            translation = [t + g for t, g in zip(translation, t_global, strict=True)]
+        return tuple(scale), tuple(translation)
 
     def level(self, level: str | int = 0) -> ArrayInfo:
-        """Shape, chunks, dtype and transforms of one level.
+        """Shape, chunks, dtype and effective transform of one level.
 
-        No metadata is read: the first use of a level costs one ``stat`` per
-        array document, as opening its array does.
+        The first use of a level checks its array documents (a ``stat`` each),
+        as opening its array does; nothing is read.
         """
         i = self._level_index(level)
-        r = self._level_record(i)
-        scale = r["level_scale"][i]
-        if r["global_scale"] is not None:
-            scale = [a * b for a, b in zip(scale, r["global_scale"], strict=False)]
-        translation = r["level_translation"][i]
-        return ArrayInfo(
-            path=r["levels"][i],
-            shape=tuple(r["shape"][i]),
-            chunks=tuple(r["chunks"][i]),
-            dtype=r["dtype"][i],
-            scale=tuple(scale),
-            translation=None if translation is None else tuple(translation),
-        )
+        meta = self._fresh_level(i)
+        document = meta.array_document(meta.image.levels[i].array)
+        shape, chunks, dtype = _array_summary(document)
+        scale, translation = self._transform(meta, i)
+        return ArrayInfo(meta.level_path(i), shape, chunks, dtype, scale, translation)
 
     @property
     def scale(self) -> tuple[float, ...]:
         """Effective physical scale of level 0 (dataset scale x multiscale scale)."""
-        return self.level(0).scale
+        return self._transform(self._meta, 0)[0]
+
+    @property
+    def translation(self) -> tuple[float, ...] | None:
+        """Effective translation of level 0 (see :class:`ArrayInfo`)."""
+        return self._transform(self._meta, 0)[1]
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._level_record(0)["shape"][0])
+        return self.level(0).shape
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return tuple(self._level_record(0)["chunks"][0])
+        return self.level(0).chunks
 
     @property
     def dtype(self) -> str:
-        return self._level_record(0)["dtype"][0]
+        return self.level(0).dtype
 
     # -- data -----------------------------------------------------------------------
-
-    def _blob(self, ref: int | bytes | None) -> bytes | None:
-        if isinstance(ref, int):
-            return None if ref < 0 else self._entry.snapshot.blob(ref)
-        return ref
 
     def __getitem__(self, level: str | int) -> zarr.Array:
         """The zarr array of one level, opened from the snapshot's metadata."""
         i = self._level_index(level)
-        record = self._level_record(i)  # the check may replace it with a JSON read
-        path = f"{record['path']}/{record['levels'][i]}"
-        if self._checked is None:
-            # served from JSON: the record holds the array document itself
-            metadata = parse_metadata(_format.unpack(record["array_metadata"][i]))
-        else:
-            ref = record["array_metadata"][i]
-            cached = self._entry.arrays.get(ref)
-            if cached is None:
-                cached = parse_metadata(_format.unpack(self._entry.snapshot.blob(ref)))
-                self._entry.arrays[ref] = cached
-            metadata = cached
-        return array_from_metadata(_store_for(self._entry, self._root, self._mode), path, metadata)
+        meta = self._fresh_level(i)
+        array = meta.image.levels[i].array
+        key = meta.array_key(array)
+        parsed = _parsed.get(key) if key is not None else None
+        if parsed is None:
+            parsed = _arrays.parse_metadata(meta.array_document(array))
+            if key is not None:
+                _parsed[key] = parsed
+        path = f"{meta.path}/{meta.level_path(i)}"
+        return _arrays.array_from_metadata(
+            _store(self._entry.stores, self._root, self._mode),
+            path,
+            parsed,
+            recheck=lambda exc: self._recheck(i, exc),
+        )
 
-    def _check_level(self, i: int) -> None:
-        # Array documents are checked when their level is first opened: most
-        # workers touch level 0 only.
-        docs = [
-            d
-            for d in self._record["documents"]
-            if d["path"].startswith(f"{self.path}/{self._record['levels'][i]}/")
-        ]
-        changed = _freshness.changed_documents(self._root, docs, self._options[0])
-        if changed:
-            _stale(
-                self._root,
-                changed,
-                self._options[1],
-                f"{self.path} is read from its JSON documents",
-            )
-            self._record = _JsonPlate(self._root, self.zarr_format).position(self.path, None)
-            self._checked = None
+    def _recheck(self, i: int, exc: BaseException) -> None:
+        """Called when zarr fails on an array of this handle: did the plate change?"""
+        if isinstance(exc, StaleSnapshotError):
             return
-        assert self._checked is not None
-        self._checked.add(i)
+        meta = self._meta
+        docs, fps = meta.level_documents(i)
+        changed = changed_documents(self._root, docs, fps, "digest", meta.digest_of)
+        if changed:
+            raise StaleSnapshotError(
+                f"{meta.path}/{meta.level_path(i)} changed since this handle was opened "
+                f"({', '.join(changed)}): the plate was modified, deleted or replaced. Open the "
+                f"position again (and rebuild the snapshot with `snapmeta build {self._root}`)",
+                store=self._root,
+                changed=tuple(changed),
+            ) from exc
 
     @property
     def data(self) -> zarr.Array:
@@ -406,95 +463,147 @@ class Position:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        """The position group's full attributes, decoded on first access."""
-        if self._attrs is None:
-            self._attrs = _attributes(self._root, self._record, self._blob, self._options[0])
-        return self._attrs
+        """The position group's full attributes (a new dict on every access)."""
+        return self._meta.attributes()
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if value is None or type(value) is str else str(value)
+
+
+def _array_summary(doc: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    import numpy as np
+
+    if doc.get("zarr_format") == 3:
+        shape = tuple(int(v) for v in doc["shape"])
+        grid = doc.get("chunk_grid", {})
+        chunks = tuple(int(v) for v in grid.get("configuration", {}).get("chunk_shape", shape))
+        raw = doc.get("data_type")
+    else:
+        shape = tuple(int(v) for v in doc["shape"])
+        chunks = tuple(int(v) for v in doc["chunks"])
+        raw = doc.get("dtype")
+    try:
+        dtype = str(np.dtype(raw if not isinstance(raw, list) else [tuple(f) for f in raw]))
+    except (TypeError, ValueError):
+        dtype = raw if isinstance(raw, str) else str(raw)
+    return shape, chunks, dtype
+
+
+def _json_position(root: str, zarr_format: int, path: str) -> PositionMeta:
+    meta = JsonSource(root, zarr_format).position(path)
+    if meta is None:
+        raise StaleSnapshotError(
+            f"{path} is no longer a position of {root}: the plate changed since the snapshot "
+            f"was built. Rebuild it with `snapmeta build {root}`",
+            store=root,
+            changed=(path,),
+        )
+    return meta
+
+
+def _reopen_position(
+    root: str, path: str, mode: Mode, check: Check, on_stale: OnStale, snapshot: str | None
+) -> Position:
+    return open_position(root, path, mode=mode, check=check, on_stale=on_stale, snapshot=snapshot)
+
+
+# ---------------------------------------------------------------------------
+# Well
+
+
+class Well:
+    """One well: its place on the plate, its positions and (lazily) its attributes."""
+
+    __slots__ = ("_meta", "column", "column_index", "row", "row_index")
+
+    def __init__(self, meta: WellMeta, rows: Sequence[str], columns: Sequence[str]) -> None:
+        self._meta = meta
+        self.row, _, self.column = meta.path.partition("/")
+        self.row_index = list(rows).index(self.row) if self.row in rows else -1
+        self.column_index = list(columns).index(self.column) if self.column in columns else -1
 
     @property
-    def zarr_format(self) -> int:
-        return int(self._record["zarr_format"])
+    def path(self) -> str:
+        return self._meta.path
 
+    @property
+    def positions(self) -> tuple[str, ...]:
+        """Paths of the well's positions, in the well's order."""
+        return self._meta.positions
 
-def _attributes(root: Path, record: dict[str, Any], blob: Any, check: Check) -> dict[str, Any]:
-    raw = blob(record["attributes"])
-    if raw is None:
-        # Too large to inline: read the document, but only if it still is the
-        # one the snapshot fingerprinted.
-        fp = record["documents"][0]  # the node's own attribute document
-        if _freshness.document_changed(root, fp, "digest"):
-            raise StaleSnapshotError(
-                f"{root / fp['path']} changed since the snapshot was built; "
-                f"rebuild it with `snapmeta build {root}`",
-                store=str(root),
-                changed=(fp["path"],),
-            )
-        zarr_format = int(record.get("zarr_format", 2 if fp["path"].endswith(".zattrs") else 3))
-        doc = _ngff.read_document(root, fp["path"])
-        return _ngff.attributes_of(doc, zarr_format)
-    return json.loads(raw)
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The well group's full attributes (a new dict on every access)."""
+        return self._meta.attributes()
 
-
-def _reopen_position(root: str, path: str, mode: Mode, check: Check, on_stale: OnStale) -> Position:
-    return open_position(root, path, mode=mode, check=check, on_stale=on_stale)
+    def __repr__(self) -> str:
+        return f"<snapmeta.Well {self.path!r}: {len(self.positions)} positions>"
 
 
 # ---------------------------------------------------------------------------
 # Plate
 
 
-def _stale(root: Path, changed: list[str], on_stale: OnStale, what: str) -> None:
-    message = (
-        f"snapshot of {root} is stale ({', '.join(changed[:5])}"
-        f"{' ...' if len(changed) > 5 else ''} changed); {what}. "
-        f"Rebuild it with `snapmeta build {root}`"
-    )
-    if on_stale == "raise":
-        raise StaleSnapshotError(message, store=str(root), changed=tuple(changed))
-    warnings.warn(message, SnapshotStaleWarning, stacklevel=4)
-
-
 class Plate:
     """An HCS plate opened through its snapshot.
 
-    ``plate["B/3/0"]`` returns a :class:`Position` in O(1). Plate-wide views
-    (iteration, ``len``, ``positions()``, ``wells``) check every well document
-    once per ``Plate``, since they depend on all of them.
+    ``plate["B/3/0"]`` returns a :class:`Position` in O(1). ``len``,
+    iteration and ``positions()`` depend on every well document; they are
+    checked once per ``Plate``. As soon as a ``Plate`` finds a structural
+    document changed (the root or a well), it answers everything from the
+    JSON documents from then on, so its answers never mix two states.
     """
 
     __slots__ = (
-        "_check",
         "_entry",
         "_json",
+        "_last_walk",
         "_mode",
-        "_on_stale",
+        "_plate",
+        "_policy",
         "_root",
-        "_stale_json",
+        "_snapshot",
         "_structure_checked",
     )
 
-    def __init__(self, root: Path, *, mode: Mode, check: Check, on_stale: OnStale) -> None:
+    def __init__(
+        self, root: str, entry: _Entry, mode: Mode, policy: Policy, snapshot: str | None
+    ) -> None:
         self._root = root
+        self._entry = entry
         self._mode = mode
-        self._check = check
-        self._on_stale = on_stale
-        self._entry = _mapped(root)
-        self._json: _JsonPlate | None = None
-        self._stale_json: _JsonPlate | None = None
+        self._policy = policy
+        self._snapshot = snapshot
+        self._json: JsonSource | None = None
+        self._last_walk: Walk | None = None
         self._structure_checked = False
-        root_fp = self._entry.snapshot.root_fingerprint
-        if _freshness.document_changed(root, root_fp, check):
-            _stale(root, [root_fp["path"]], on_stale, "the plate is read from its JSON documents")
-            self._use_json()
+        self._plate = entry.source.plate()
+        changed = changed_documents(
+            root,
+            [self._plate.root_document],
+            [self._plate.root],
+            policy.check,
+            self._plate.digest_of,
+            walk=entry.walk(),
+        )
+        if changed:
+            self._switch_to_json(changed, "the plate is read from its JSON documents")
 
-    def _use_json(self) -> None:
-        self._json = _JsonPlate(self._root, int(self._entry.snapshot.get_meta("zarr_format") or 2))
+    def _switch_to_json(self, changed: Sequence[str], what: str) -> None:
+        self._policy.stale(self._root, changed, what, stacklevel=5)
+        self._json = JsonSource(self._root, self._plate.zarr_format)
+        self._plate = self._json.plate()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen_plate, (str(self._root), self._mode, self._check, self._on_stale))
+        p = self._policy
+        return (_reopen_plate, (self._root, self._mode, p.check, p.on_stale, self._snapshot))
 
     def __repr__(self) -> str:
-        return f"<snapmeta.Plate {str(self._root)!r}: {len(self)} positions>"
+        count = (
+            self._entry.source.reader.plate.positions if self._json is None else "(from JSON)"
+        )
+        return f"<snapmeta.Plate {self._root!r}: {count} positions>"
 
     def __enter__(self) -> Plate:
         return self
@@ -503,129 +612,145 @@ class Plate:
         self.close()
 
     def close(self) -> None:
-        """Nothing to release: the mapping belongs to the per-process cache, and
-        positions already handed out keep it alive."""
+        """Nothing to release: the mapping belongs to the per-process cache."""
 
-    # -- plate metadata -----------------------------------------------------------
+    # -- plate metadata ---------------------------------------------------------------
 
     @property
-    def store(self) -> Path:
+    def store(self) -> str:
         return self._root
 
     @property
-    def snapshot_path(self) -> Path:
-        return _format.snapshot_path(self._root)
+    def snapshot_path(self) -> str:
+        """The snapshot file this plate was opened through."""
+        return self._entry.path
+
+    @property
+    def from_snapshot(self) -> bool:
+        return self._json is None
 
     @property
     def name(self) -> str | None:
-        if self._json is not None:
-            return self._json.plate.get("name")
-        return self._entry.snapshot.get_meta("plate_name")
+        name = self._plate.plate.get("name")
+        return name if name is None or isinstance(name, str) else str(name)
 
     @property
     def version(self) -> str:
         """NGFF version of the plate metadata."""
-        if self._json is not None:
-            return self._json.version
-        return self._entry.snapshot.get_meta("ngff_version") or ""
+        return self._plate.ngff_version
 
     @property
     def zarr_format(self) -> int:
-        return int(self._entry.snapshot.get_meta("zarr_format") or 2)
+        return self._plate.zarr_format
 
     @property
     def field_count(self) -> int | None:
-        if self._json is not None:
-            return self._json.plate.get("field_count")
-        raw = self._entry.snapshot.get_meta("field_count")
-        return None if raw is None else int(raw)
+        value = self._plate.plate.get("field_count")
+        return value if isinstance(value, int) else None
 
     @property
     def rows(self) -> tuple[str, ...]:
-        if self._json is not None:
-            return tuple(r["name"] for r in self._json.plate["rows"])
-        return tuple(self._entry.snapshot.plate_lists()[0])
+        return tuple(str(r["name"]) for r in self._plate.plate["rows"])
 
     @property
     def columns(self) -> tuple[str, ...]:
-        if self._json is not None:
-            return tuple(c["name"] for c in self._json.plate["columns"])
-        return tuple(self._entry.snapshot.plate_lists()[1])
+        return tuple(str(c["name"]) for c in self._plate.plate["columns"])
 
     @property
     def acquisitions(self) -> tuple[Acquisition, ...]:
-        if self._json is not None:
-            return tuple(
-                Acquisition(
-                    a["id"],
-                    a.get("name"),
-                    a.get("description"),
-                    a.get("maximumfieldcount"),
-                    a.get("starttime"),
-                    a.get("endtime"),
-                )
-                for a in self._json.plate.get("acquisitions") or []
+        return tuple(
+            Acquisition(
+                a["id"],
+                a.get("name"),
+                a.get("description"),
+                a.get("maximumfieldcount"),
+                a.get("starttime"),
+                a.get("endtime"),
             )
-        return tuple(Acquisition(**a) for a in self._entry.snapshot.plate_lists()[2])
+            for a in self._plate.plate.get("acquisitions") or []
+        )
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The root group's full attributes, read from the root document.
+
+        The snapshot keeps the plate's facts but not the root attributes
+        (their well list grows with the plate): this reads and parses the
+        root document, and raises :class:`StaleSnapshotError` if it no
+        longer is the document the snapshot was built from.
+        """
+        import json
+
+        from ._fsio import read_regular
+
+        plate = self._plate
+        full = f"{self._root}/{plate.root_document}"
+        data, _ = read_regular(full)
+        from ._format import content_digest
+
+        if self._json is None and content_digest(data) != plate.digest_of(plate.root.content):
+            raise StaleSnapshotError(
+                f"{full} changed since the snapshot was built; rebuild it with "
+                f"`snapmeta build {self._root}`",
+                store=self._root,
+                changed=(plate.root_document,),
+            )
+        doc = json.loads(data)
+        return doc.get("attributes", {}) if plate.zarr_format == 3 else doc
+
+    # -- structure -----------------------------------------------------------------------
 
     @property
     def wells(self) -> tuple[str, ...]:
         """Well paths in plate order."""
-        self._check_structure()
         if self._json is not None:
-            return tuple(w["path"] for w in self._json.plate["wells"])
-        snap = self._entry.snapshot
-        # Positions are stored well by well and every well has one at least,
-        # so the checksummed path column lists the wells without decoding
-        # every well record.
-        wells = tuple(dict.fromkeys(p.rpartition("/")[0] for p in snap.position_paths()))
-        if len(wells) != snap.well_count:
-            raise _format.corrupt(snap.path, "wells do not match the position paths", "wells")
-        return wells
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """The root group's full attributes, decoded on first access."""
-        if self._json is not None:
-            return self._json.attrs
-        snap = self._entry.snapshot
-        record = {
-            "attributes": snap.root_attributes_blob,
-            "documents": [snap.root_fingerprint],
-            "zarr_format": self.zarr_format,
-        }
-        return _attributes(self._root, record, snap.blob_or_none, self._check)
-
-    # -- structure ------------------------------------------------------------------
+            return tuple(self._json.well_paths())
+        return tuple(p for p in self._entry.source.paths() if p.count("/") == 1)
 
     def _check_structure(self) -> None:
+        """Check every well document once per Plate (positions depend on them)."""
         if self._structure_checked or self._json is not None:
             return
-        snap = self._entry.snapshot
+        source = self._entry.source
+        reader = source.reader
+        paths = source.paths()
+        docs: list[str] = []
+        fps: list[Any] = []
+        for index, path in enumerate(paths):
+            if path.count("/") == 1:
+                well = source.well(path, index, reader.node_payload(index)[1])
+                docs.extend(well.documents)
+                fps.extend(well.fingerprints)
         changed = []
-        for well in snap.iter_wells():
-            changed += _freshness.changed_documents(self._root, well["documents"], self._check)
-        if changed:
-            _stale(
+        step = 256 if self._entry.slow else len(docs) or 1
+        for start in range(0, len(docs), step):
+            # one walk per chunk: a bounded number of directory handles
+            walk = self._entry.walk()
+            changed += changed_documents(
                 self._root,
-                changed,
-                self._on_stale,
-                "the plate layout is read from its JSON documents",
+                docs[start : start + step],
+                fps[start : start + step],
+                self._policy.check,
+                reader.digest,
+                walk=walk,
             )
-            self._use_json()
+            if walk is not None:
+                walk.close()
+        if changed:
+            self._switch_to_json(changed, "the plate layout is read from its JSON documents")
         self._structure_checked = True
 
     def _paths(self) -> list[str]:
         self._check_structure()
         if self._json is not None:
-            return self._json.position_paths()
-        return self._entry.snapshot.position_paths()
+            return [p for p in self._json.paths() if p.count("/") == 2]
+        return [p for p in self._entry.source.paths() if p.count("/") == 2]
 
     def __len__(self) -> int:
         self._check_structure()
-        if self._json is not None:
-            return len(self._json.position_paths())
-        return self._entry.snapshot.position_count
+        if self._json is None:
+            return self._entry.source.reader.plate.positions
+        return len(self._paths())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._paths())
@@ -634,7 +759,7 @@ class Plate:
         if not isinstance(key, str):
             return False
         try:
-            self._resolve(key)
+            self._resolve(key.strip("/"), kind=None)
         except PositionNotFoundError:
             return False
         return True
@@ -646,187 +771,115 @@ class Plate:
 
     def well(self, path: str) -> Well:
         """The well at ``path`` (e.g. ``"B/3"``), checked against its document."""
-        key = path.strip("/")
-        snap = self._entry.snapshot
-        if self._json is None:
-            found = snap.lookup(key)
-            if found is None or found[0] >= -1:
-                raise self._not_found(key)
-            record = found[1]
-            changed = _freshness.changed_documents(self._root, record["documents"], self._check)
-            if not changed:
-                first, count = record["first_position"], record["position_count"]
-                fields = tuple(snap.position(i)["path"] for i in range(first, first + count))
-                root, check = self._root, self._check
-
-                def load() -> dict[str, Any]:
-                    return _attributes(root, record, snap.blob_or_none, check)
-
-                return Well(record, fields, load)
-            _stale(
-                self._root, changed, self._on_stale, f"well {key} is read from its JSON document"
-            )
-        return self._json_for_stale().well(key, self)
+        meta = self._resolve(path.strip("/"), kind="well")
+        assert isinstance(meta, WellMeta)
+        return Well(meta, self.rows, self.columns)
 
     def __getitem__(self, key: str) -> Position:
-        record, from_snapshot = self._resolve(key)
-        return Position(
-            self._root,
-            record,
-            entry=self._entry,
-            from_snapshot=from_snapshot,
-            mode=self._mode,
-            options=(self._check, self._on_stale),
-        )
-
-    def _resolve(self, key: str) -> tuple[dict[str, Any], bool]:
-        """The record of position ``key``, from the snapshot if still fresh."""
         if not isinstance(key, str):
             raise TypeError(f"position paths are strings like 'B/3/0', not {type(key).__name__}")
-        key = key.strip("/")
-        if self._json is not None:
-            return self._json.position(key, self), False
-        snap = self._entry.snapshot
-        found = snap.lookup(key)
-        if found is None or found[0] < 0:
-            well_path = key.rsplit("/", 1)[0] if key.count("/") == 2 else None
-            well_found = snap.lookup(well_path) if well_path else None
-            if well_found is not None and well_found[0] < -1:
-                well = well_found[1]
-                changed = _freshness.changed_documents(self._root, well["documents"], self._check)
-                if changed:
-                    _stale(
-                        self._root,
-                        changed,
-                        self._on_stale,
-                        f"{key} is read from its JSON documents",
-                    )
-                    return self._json_for_stale().position(key, self), False
-            raise self._not_found(key)
-        record = found[1]
-        # The well and group documents here; array documents when their level
-        # is first used. The well's images list decides membership: a position
-        # dropped from it but left on disk is no longer in the plate.
-        well = snap.well(record["well_index"])
-        changed = _freshness.changed_documents(
-            self._root, [*well["documents"], *record["documents"][:1]], self._check
+        meta = self._resolve(key.strip("/"), kind="position")
+        assert isinstance(meta, PositionMeta)
+        walk, self._last_walk = self._last_walk, None
+        return Position(
+            self._root, meta, self._entry, self._mode, self._policy, self._snapshot, walk
         )
-        if changed:
-            _stale(self._root, changed, self._on_stale, f"{key} is read from its JSON documents")
-            return self._json_for_stale().position(key, self), False
-        return record, True
 
-    def _json_for_stale(self) -> _JsonPlate:
-        """JSON reader for nodes found stale; parses the plate document once per Plate."""
-        if self._stale_json is None:
-            self._stale_json = _JsonPlate(self._root, self.zarr_format)
-        return self._stale_json
+    def _resolve(self, key: str, kind: str | None) -> PositionMeta | WellMeta:
+        """The record of ``key`` from the current source, its documents checked."""
+        depth = key.count("/")
+        if depth not in (1, 2) or (kind == "well" and depth != 1) or (kind == "position" and depth != 2):
+            raise self._not_found(key)
+        if self._json is None:
+            walk = self._entry.walk()
+            found = _from_snapshot(self._root, self._entry.source, key, self._policy, walk)
+            if isinstance(found, (PositionMeta, WellMeta)):
+                if isinstance(found, PositionMeta):
+                    self._last_walk = walk
+                return found
+            if found is not None:  # a structural document changed
+                self._switch_to_json(found, f"{key} and the plate layout are read from JSON")
+        if self._json is None:
+            raise self._not_found(key)
+        meta = self._json.well(key) if depth == 1 else self._json.position(key)
+        if meta is None:
+            raise self._not_found(key)
+        return meta
 
     def _not_found(self, key: str) -> PositionNotFoundError:
-        candidates = self._paths() if len(self) <= 100_000 else []
-        near = tuple(difflib.get_close_matches(key, candidates, n=3))
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        return PositionNotFoundError(
-            f"no position {key!r} in plate {self._root}{hint}",
-            store=str(self._root),
-            key=key,
-            suggestions=near,
-        )
+        try:
+            candidates = self._json.paths() if self._json is not None else self._entry.source.paths()
+        except SnapshotFormatError:
+            candidates = []
+        return not_found(self._root, key, candidates)
 
 
-def _reopen_plate(root: str, mode: Mode, check: Check, on_stale: OnStale) -> Plate:
-    return open_plate(root, mode=mode, check=check, on_stale=on_stale)
+def _from_snapshot(
+    root: str,
+    source: SnapshotSource,
+    key: str,
+    policy: Policy,
+    walk: Walk | None,
+    extra: tuple[list[str], list[Any]] = ([], []),
+) -> PositionMeta | WellMeta | list[str] | None:
+    """``key``'s checked record; the changed structural documents if any; or None.
 
-
-class _JsonPlate:
-    """The slow path: plate structure and positions read from JSON documents.
-
-    Used only for nodes whose documents changed since the snapshot was built.
+    ``extra`` documents (the root's, for ``open_position``) are checked in the
+    same round. A position whose own documents changed is read from JSON
+    here (with a warning), since that does not change the plate's structure.
     """
-
-    def __init__(self, root: Path, zarr_format: int) -> None:
-        self.root = root
-        self.zarr_format = zarr_format
-        rel = _ngff.root_document(zarr_format)
-        doc = _ngff.read_document(root, rel)
-        try:
-            self.attrs = _ngff.attributes_of(doc, zarr_format)
-            self.plate = _ngff.plate_of(self.attrs, zarr_format, rel)
-        except _ngff.NgffReadError as exc:
-            raise _read_error(root, exc) from exc
-        self.version = _ngff.ngff_version(
-            _ngff.ome_of(self.attrs, zarr_format), "plate", zarr_format
+    found = source.find(key)
+    depth = key.count("/")
+    extra_docs, extra_fps = extra
+    if found is None:
+        # Confirm the miss against the well's document: a position added
+        # after the build shows as a changed well document.
+        well_key = key.rpartition("/")[0] if depth == 2 else None
+        well_found = source.find(well_key) if well_key else None
+        docs, fps = list(extra_docs), list(extra_fps)
+        if well_found is not None:
+            well = source.well(well_key, *well_found)  # type: ignore[arg-type]
+            docs += well.documents
+            fps += well.fingerprints
+        changed = changed_documents(root, docs, fps, policy.check, source.reader.digest, walk=walk)
+        if changed:
+            return changed
+        source.reader.check_sections()  # a damaged lookup must not pass for a miss
+        return None
+    index, payload = found
+    if depth == 1:
+        well = source.well(key, index, payload)
+        changed = changed_documents(
+            root,
+            [*extra_docs, *well.documents],
+            [*extra_fps, *well.fingerprints],
+            policy.check,
+            well.digest_of,
+            walk=walk,
         )
-        self._wells: dict[str, list[tuple[str, int | None]]] = {}
-
-    def _images(self, well: str) -> list[tuple[str, int | None]]:
-        images = self._wells.get(well)
-        if images is None:
-            doc = _ngff.read_document(self.root, _ngff.group_documents(well, self.zarr_format)[0])
-            try:
-                _, images = _ngff.well_images(doc, self.zarr_format)
-            except _ngff.NgffReadError:
-                images = []
-            self._wells[well] = images
-        return images
-
-    def well(self, key: str, plate: Plate) -> Well:
-        ref = next((w for w in self.plate.get("wells", []) if w.get("path") == key), None)
-        if ref is None:
-            raise plate._not_found(key)
-        rows = [r["name"] for r in self.plate["rows"]]
-        columns = [c["name"] for c in self.plate["columns"]]
-        record = {
-            "path": key,
-            "row": rows[ref["rowIndex"]],
-            "column": columns[ref["columnIndex"]],
-            "row_index": ref["rowIndex"],
-            "column_index": ref["columnIndex"],
-        }
-        doc = _ngff.read_document(self.root, _ngff.group_documents(key, self.zarr_format)[0])
-        fields = tuple(f"{key}/{field}" for field, _ in self._images(key))
-        return Well(record, fields, lambda: _ngff.attributes_of(doc, self.zarr_format))
-
-    def position_paths(self) -> list[str]:
-        return [
-            f"{w['path']}/{field}"
-            for w in self.plate.get("wells", [])
-            for field, _ in self._images(w["path"])
-        ]
-
-    def position(self, key: str, plate: Plate | None) -> dict[str, Any]:
-        wells = [w["path"] for w in self.plate.get("wells", [])]
-        well, _, field = key.rpartition("/")
-        images = dict(self._images(well)) if well in wells else {}
-        if field not in images:
-            raise (
-                plate._not_found(key)
-                if plate is not None and plate._json is self
-                else PositionNotFoundError(
-                    f"no position {key!r} in plate {self.root}",
-                    store=str(self.root),
-                    key=key,
-                    suggestions=(),
-                )
-            )
-        try:
-            source = _ngff.read_position(self.root, key, self.zarr_format)
-            return _ngff.position_record(
-                source,
-                well=well,
-                field=field,
-                well_index=wells.index(well),
-                acquisition=images[field],
-                zarr_format=self.zarr_format,
-                inline_limit=1 << 62,
-            )
-        except _ngff.NgffReadError as exc:
-            raise _read_error(self.root, exc) from exc
+        return changed or well
+    meta = source.position(key, index, payload)
+    docs, fps = meta.structure_documents()
+    if walk is not None:
+        # Level 0's documents in the same round, not waited for: nearly every
+        # caller opens level 0 next, and then finds them checked already.
+        for doc in meta.level_documents(0)[0]:
+            walk.stat(doc)
+    changed = changed_documents(
+        root, [*extra_docs, *docs], [*extra_fps, *fps], policy.check, meta.digest_of, walk=walk
+    )
+    if not changed:
+        return meta
+    if extra_docs and extra_docs[0] in changed or docs[0] in changed:
+        return changed  # the root's or the well's document: the plate's structure changed
+    policy.stale(root, changed, f"{key} is read from its JSON documents", stacklevel=6)
+    return _json_position(root, meta.zarr_format, key)
 
 
-def _read_error(root: Path, exc: _ngff.NgffReadError) -> PlateValidationError:
-    problem = Problem(exc.document, exc.field, exc.message)
-    return PlateValidationError(f"{root}: {problem}", store=str(root), problems=(problem,))
+def _reopen_plate(
+    root: str, mode: Mode, check: Check, on_stale: OnStale, snapshot: str | None
+) -> Plate:
+    return open_plate(root, mode=mode, check=check, on_stale=on_stale, snapshot=snapshot)
 
 
 # ---------------------------------------------------------------------------
@@ -834,27 +887,31 @@ def _read_error(root: Path, exc: _ngff.NgffReadError) -> PlateValidationError:
 
 
 def open_plate(
-    store: str | os.PathLike[str],
+    store: Any,
     *,
     mode: Mode = "r",
     check: Check = "stat",
     on_stale: OnStale = "fallback",
+    snapshot: str | os.PathLike[str] | None = None,
 ) -> Plate:
     """Open a plate through its snapshot.
 
     Parameters
     ----------
     store
-        Path of the plate.
+        The plate: a path, a ``file://`` URL, a ``zarr.storage.LocalStore`` or a
+        local ``zarr.Group``.
     mode
         ``"r"`` (read-only arrays), ``"r+"`` or ``"a"`` (arrays writable).
         snapmeta never creates plates; ``"a"`` is accepted for code written
-        against iohub and behaves like ``"r+"`` on existing arrays.
+        against iohub and behaves like ``"r+"``.
     check
         Freshness check level: ``"stat"`` (default), ``"digest"`` or ``"none"``.
     on_stale
         ``"fallback"`` (default) warns and reads changed nodes from JSON;
         ``"raise"`` raises :class:`~snapmeta.errors.StaleSnapshotError`.
+    snapshot
+        Where the snapshot is, if not in the plate or in ``$SNAPMETA_SNAPSHOT_DIR``.
 
     Raises
     ------
@@ -863,23 +920,56 @@ def open_plate(
     SnapshotFormatError
         The snapshot is damaged or from an unsupported format version.
     """
-    check = _check_args(mode, check, on_stale)
-    return Plate(_root_of(store), mode=mode, check=check, on_stale=on_stale)
+    mode = _check_mode(mode)
+    policy = _policy(check, on_stale)
+    root = _locate.plate_root(store)
+    snap = None if snapshot is None else os.fspath(snapshot)
+    entry = _locate_snapshot(root, snap, refresh=True)
+    return Plate(root, entry, mode, policy, snap)
 
 
 def open_position(
-    store: str | os.PathLike[str],
+    store: Any,
     path: str,
     *,
     mode: Mode = "r",
     check: Check = "stat",
     on_stale: OnStale = "fallback",
+    snapshot: str | os.PathLike[str] | None = None,
 ) -> Position:
     """Open one position of a plate: the worker's entry point.
 
-    Equivalent to ``open_plate(store, ...)[path]`` and just as cheap: one
-    ``stat`` each of the snapshot, the root, well and position documents, a
-    hash lookup, and one ``stat`` per array document when a level is first
-    used. No document is read and no JSON parsed.
+    Equivalent to ``open_plate(store, ...)[path]`` and cheaper: the snapshot
+    mapped in this process is reused, one checksummed record is decoded, and
+    only the documents the position depends on are checked: the root, well
+    and position documents now, a level's array documents when the level is
+    first used. No document is read and no JSON is parsed.
     """
-    return open_plate(store, mode=mode, check=check, on_stale=on_stale)[path]
+    if mode not in MODES:
+        _check_mode(mode)
+    policy = _POLICIES.get((check, on_stale)) or _policy(check, on_stale)
+    root = os.path.abspath(store) if type(store) is str and "://" not in store else _locate.plate_root(store)
+    if type(path) is not str:
+        raise TypeError(f"position paths are strings like 'B/3/0', not {type(path).__name__}")
+    key = path.strip("/")
+    snap = None if snapshot is None else os.fspath(snapshot)
+    entry = _locate_snapshot(root, snap, refresh=False)
+    for attempt in range(3):
+        source = entry.source
+        walk = entry.walk()
+        found = None
+        if key.count("/") == 2:
+            plate = source.reader.plate
+            found = _from_snapshot(
+                root, source, key, policy, walk, ([source.group_doc], [plate.root])
+            )
+            if isinstance(found, PositionMeta):
+                return Position(root, found, entry, mode, policy, snap, walk)
+        # A miss or a change: the snapshot may have been rebuilt since this
+        # process mapped it.
+        fresh = _locate_snapshot(root, snap, refresh=True)
+        if fresh.source.reader is not source.reader and attempt < 2:
+            entry = fresh
+            continue
+        break
+    return open_plate(root, mode=mode, check=check, on_stale=on_stale, snapshot=snap)[key]

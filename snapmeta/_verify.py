@@ -1,15 +1,22 @@
-"""Full verification: every checksum, every entry, every document, re-read."""
+"""Full verification: every checksum, every entry, every document, and a fresh re-read.
+
+``verify`` compares everything a reader can serve (plate facts, the well
+list, every well's and position's attributes, NGFF layout and array
+metadata) with what the plate's documents say now, validated as the builder
+validates them. It never writes.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from . import _format
+from . import _format as fmt
+from . import _locate, _reader
 from ._freshness import changed_documents
+from ._sources import JsonSource, PositionMeta, SnapshotSource, WellMeta
 from .errors import SnapmetaError
 
 __all__ = ["VerifyReport", "verify"]
@@ -19,7 +26,8 @@ __all__ = ["VerifyReport", "verify"]
 class VerifyReport:
     """What :func:`verify` checked and what it found."""
 
-    store: Path
+    store: str
+    snapshot: str = ""
     positions: int = 0
     wells: int = 0
     documents: int = 0
@@ -35,98 +43,169 @@ class VerifyReport:
             f"{self.documents} documents"
         )
         if self.ok:
-            return head + ": snapshot is intact and up to date"
-        return (
-            head
-            + f": {len(self.problems)} problem(s)\n"
-            + "\n".join(f"  {p}" for p in self.problems)
-        )
+            return head + ": the snapshot is intact and up to date"
+        shown = "\n".join(f"  {p}" for p in self.problems[:100])
+        more = f"\n  ... and {len(self.problems) - 100} more" if len(self.problems) > 100 else ""
+        return f"{head}: {len(self.problems)} problem(s)\n{shown}{more}"
 
 
-def _comparable(record: Mapping[str, Any], blob: Any) -> dict[str, Any]:
-    out = dict(record)
-    out["attributes"] = blob(out["attributes"])
-    if "array_metadata" in out:
-        out["array_metadata"] = [blob(b) for b in out["array_metadata"]]
-    out["documents"] = [(d["path"], d["size"], d["digest"]) for d in out["documents"]]
-    return out
+def _same(a: Any, b: Any) -> bool:
+    # canonical encodings: key order, int/float and NaN all count
+    return fmt.pack(a) == fmt.pack(b)
+
+
+def _position_facts(meta: PositionMeta) -> list[Any]:
+    """Everything a Position serves, as plain values."""
+    image = meta.image
+
+    def leaf(ref: int | None) -> Any:
+        return None if ref is None else meta.leaf(ref)
+
+    def span(ref: int | None) -> Any:
+        return None if ref is None else [meta.leaf(ref + k) for k in range(len(image.axes))]
+
+    return [
+        meta.acquisition,
+        [[leaf(r) for r in axis] for axis in image.axes],
+        [leaf(r) for r in image.channels],
+        [
+            [leaf(lv.path), span(lv.scale), span(lv.translation), meta.array_document(lv.array)]
+            for lv in image.levels
+        ],
+        span(image.scale),
+        span(image.translation),
+        meta.attributes(),
+    ]
 
 
 def verify(
-    store: str | os.PathLike[str], *, reread: bool = True, progress: Any = None
+    store: Any,
+    *,
+    snapshot: str | os.PathLike[str] | None = None,
+    reread: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> VerifyReport:
-    """Check a snapshot completely (O(plate)); never modifies the store.
-
-    Verifies every checksum and lookup slot, that the typed columns equal the
-    checksummed records, every mirrored document's content digest and, with
-    ``reread=True``, that a fresh read of the plate's metadata gives the same
-    entries (this finds wells, positions or levels added since the build).
-    """
-    from ._build import collect_content
-
-    root = Path(store)
+    """Check a snapshot completely (O(plate)); never modifies the store."""
+    root = _locate.plate_root(store)
     report = VerifyReport(root)
+    path = None
+    for candidate in _locate.snapshot_candidates(root, snapshot):
+        if os.path.lexists(candidate):
+            path = candidate
+            break
+    if path is None:
+        report.problems.append(f"no snapshot of {root}; create one with `snapmeta build {root}`")
+        return report
+    report.snapshot = path
     try:
-        snap = _format.open_file(_format.snapshot_path(root))
-        snap.plate_lists()
-        snap.verify_lookup()
-        records = list(snap.iter_positions())
-        wells = list(snap.iter_wells())
-        for i in range(snap.blob_count):
-            snap.blob(i)
-        snap.position_paths()
-        typed_sections = [
-            ("positions", snap.typed_positions(), records),
-            ("wells", snap.typed_wells(), wells),
-        ]
+        reader = _reader.open_file(path)
+        source = SnapshotSource(reader)
+        _check_whole(root, reader, source, report, progress)
     except SnapmetaError as exc:
         report.problems.append(str(exc))
         return report
-    report.positions, report.wells = len(records), len(wells)
-    for kind, typed, checked in typed_sections:
-        for i, (row, record) in enumerate(zip(typed, checked, strict=True)):
-            row = {k: v for k, v in row.items() if k not in ("record", "checksum")}
-            if row != record:
-                report.problems.append(
-                    f"{kind}[{i}]: typed columns differ from the checksummed record"
-                )
-    for target in [r["path"] for r in records] + [w["path"] for w in wells]:
-        if snap.find(target) is None:
-            report.problems.append(f"lookup: {target!r} cannot be found")
-    fingerprints = [d for r in records + wells for d in r["documents"]]
-    fingerprints.append(snap.root_fingerprint)
-    report.documents = len(fingerprints)
-    for path in changed_documents(root, fingerprints, "digest"):
-        report.problems.append(f"stale: {path} changed since the snapshot was built")
-    if not reread:
-        return report
-    try:
-        fresh = collect_content(
-            root,
-            progress=progress,
-            inline_limit=int(snap.get_meta("inline_limit") or _format.DEFAULT_INLINE_LIMIT),
-            workers=None,
+    if _locate.is_external(root, path) and reader.plate.location != root:
+        report.problems.append(
+            f"the snapshot was built for {reader.plate.location}, not for {root}"
         )
+    if reread and not report.problems:
+        _reread(root, reader, source, report, progress)
+    return report
+
+
+def _check_whole(
+    root: str,
+    reader: _reader.SnapshotReader,
+    source: SnapshotSource,
+    report: VerifyReport,
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
+    reader.check_sections()
+    reader.check_contents()
+    for name, count in reader.counts.items():
+        for i in range(count):
+            {"arrays": reader.array, "templates": reader.template, "images": reader.image}[name](i)
+    paths = reader.paths()
+    docs: list[str] = [source.group_doc]
+    fps: list[fmt.Fingerprint | None] = [reader.plate.root]
+    well_count = 0
+    for index, path in enumerate(paths):
+        if progress is not None and index % 1000 == 0:
+            progress("snapshot", index, len(paths))
+        found = reader.find(path)
+        if found is None or found[0] != index:
+            report.problems.append(f"lookup: {path!r} does not lead to its entry")
+            continue
+        if fmt.is_well_path(path):
+            well = source.well(path, *found)
+            docs.extend(well.documents)
+            fps.extend(well.fingerprints)
+            well_count += 1
+        else:
+            node_docs, node_fps = source.position(path, *found).all_documents()
+            docs.extend(node_docs)
+            fps.extend(node_fps)
+    report.wells = well_count
+    report.positions = len(paths) - well_count
+    if report.wells != reader.plate.wells or report.positions != reader.plate.positions:
+        report.problems.append("the node counts differ from the plate entry")
+    report.documents = len(docs)
+    for changed in changed_documents(root, docs, fps, "digest", reader.digest):
+        report.problems.append(f"stale: {changed} changed since the snapshot was built")
+
+
+def _reread(
+    root: str,
+    reader: _reader.SnapshotReader,
+    source: SnapshotSource,
+    report: VerifyReport,
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
+    try:
+        fresh = JsonSource(root, reader.plate.zarr_format)
+        fresh_plate = fresh.plate()
+        fresh_paths = fresh.paths()
     except SnapmetaError as exc:
         report.problems.append(f"re-reading the plate failed: {exc}")
-        return report
-    old = {
-        r["path"]: _comparable(r, lambda b: None if b is None or b < 0 else snap.blob(b))
-        for r in records
-    }
-    new = {r["path"]: _comparable(r, lambda b: b) for r in fresh.positions}
-    for path in sorted(set(new) - set(old)):
-        report.problems.append(
-            f"stale: position {path} exists in the plate but not in the snapshot"
-        )
-    for path in sorted(set(old) - set(new)):
-        report.problems.append(
-            f"stale: position {path} is in the snapshot but no longer in the plate"
-        )
-    for path in sorted(set(old) & set(new)):
-        if old[path] != new[path]:
-            fields = sorted(k for k in old[path] if old[path][k] != new[path].get(k))
-            report.problems.append(f"stale: position {path} differs in {', '.join(fields)}")
-    if [w["path"] for w in wells] != [w["path"] for w in fresh.wells]:
-        report.problems.append("stale: the plate's well list changed")
-    return report
+        return
+    plate = source.plate()
+    for what, ours, theirs in (
+        ("NGFF version", plate.ngff_version, fresh_plate.ngff_version),
+        ("zarr format", plate.zarr_format, fresh_plate.zarr_format),
+        ("plate metadata", plate.plate, fresh_plate.plate),
+    ):
+        if not _same(ours, theirs):
+            report.problems.append(f"stale: the {what} differs from the root document")
+    paths = reader.paths()
+    if paths != fresh_paths:
+        added = sorted(set(fresh_paths) - set(paths))
+        removed = sorted(set(paths) - set(fresh_paths))
+        for p in added[:20]:
+            report.problems.append(f"stale: {p} exists in the plate but not in the snapshot")
+        for p in removed[:20]:
+            report.problems.append(f"stale: {p} is in the snapshot but no longer in the plate")
+        if not added and not removed:
+            report.problems.append("stale: the order of wells or positions changed")
+    for index, path in enumerate(paths):
+        if progress is not None and index % 1000 == 0:
+            progress("re-read", index, len(paths))
+        if path not in fresh_paths:
+            continue
+        found = reader.find(path)
+        assert found is not None
+        try:
+            if fmt.is_well_path(path):
+                ours_w = source.well(path, *found)
+                theirs_w = fresh.well(path)
+                if theirs_w is None or not _same(
+                    [ours_w.positions, ours_w.attributes()],
+                    [theirs_w.positions, theirs_w.attributes()],
+                ):
+                    report.problems.append(f"stale: well {path} differs from its document")
+            else:
+                ours_p = source.position(path, *found)
+                theirs_p = fresh.position(path)
+                if theirs_p is None or not _same(_position_facts(ours_p), _position_facts(theirs_p)):
+                    report.problems.append(f"stale: position {path} differs from its documents")
+        except SnapmetaError as exc:
+            report.problems.append(f"{path}: {exc}")

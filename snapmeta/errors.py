@@ -5,26 +5,28 @@ caller would naturally catch, so ``except KeyError`` keeps working for a
 missing position and ``except FileNotFoundError`` for a missing snapshot::
 
     SnapmetaError(Exception)
-    ├── NotAPlateError(SnapmetaError, ValueError)          store is not an HCS plate
-    ├── PlateValidationError(SnapmetaError, ValueError)    build: every problem, located
+    ├── NotAPlateError(SnapmetaError, ValueError)            not an HCS plate, or not a local one
+    ├── PlateValidationError(SnapmetaError, ValueError)      build: every problem, located
     ├── SnapshotNotFoundError(SnapmetaError, FileNotFoundError)
-    ├── SnapshotFormatError(SnapmetaError, ValueError)     unreadable or unsupported file
-    │   ├── SnapshotCorruptError                           checksum/structure mismatch
-    │   └── UnsupportedFormatVersionError                  written by a newer snapmeta
-    ├── StaleSnapshotError(SnapmetaError, ValueError)      store changed since the build
-    ├── PositionNotFoundError(SnapmetaError, KeyError)     unknown position path
-    └── ChannelNotFoundError(SnapmetaError, KeyError)      unknown channel label
+    ├── SnapshotWriteError(SnapmetaError, OSError)           cannot write the snapshot there
+    ├── SnapshotFormatError(SnapmetaError, ValueError)       unreadable or unsupported file
+    │   ├── SnapshotCorruptError                             a checksum or rule failed
+    │   └── UnsupportedFormatVersionError                    another format version
+    ├── StaleSnapshotError(SnapmetaError, ValueError)        the store changed since the build
+    ├── PositionNotFoundError(SnapmetaError, KeyError)       unknown well, position or level
+    └── ChannelNotFoundError(SnapmetaError, KeyError)        unknown channel label
 
-    SnapshotStaleWarning(UserWarning)                      served from JSON instead
+    SnapshotStaleWarning(UserWarning)                        served from JSON instead
 
-All exceptions pickle with their fields, so errors raised inside joblib, Dask
-or multiprocessing workers reach the parent intact.
+Each class declares its fields; they are keyword-only, all required, and
+available as attributes. Errors pickle with their fields, so errors raised in
+joblib, Dask or multiprocessing workers reach the parent intact.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "ChannelNotFoundError",
@@ -37,6 +39,7 @@ __all__ = [
     "SnapshotFormatError",
     "SnapshotNotFoundError",
     "SnapshotStaleWarning",
+    "SnapshotWriteError",
     "StaleSnapshotError",
     "UnsupportedFormatVersionError",
 ]
@@ -47,19 +50,48 @@ def __dir__() -> list[str]:
 
 
 class SnapmetaError(Exception):
-    """Base class of every error raised by snapmeta."""
+    """Base class of every error raised by snapmeta.
+
+    Subclasses list their fields as class annotations; the constructor takes
+    the message and exactly those fields, as keywords.
+    """
+
+    fields: ClassVar[tuple[str, ...]] = ()
+    message: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared: list[str] = []
+        for klass in reversed(cls.__mro__):
+            for name in getattr(klass, "__annotations__", {}):
+                if name not in ("fields", "message") and name not in declared:
+                    declared.append(name)
+        cls.fields = tuple(declared)
 
     def __init__(self, message: str, **fields: Any) -> None:
+        names = type(self).fields
+        unknown = sorted(set(fields) - set(names))
+        missing = [n for n in names if n not in fields]
+        if unknown or missing:
+            raise TypeError(
+                f"{type(self).__name__}: "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"unknown field(s) {', '.join(unknown)}" if unknown else "",
+                        f"missing field(s) {', '.join(missing)}" if missing else "",
+                    )
+                    if part
+                )
+            )
         super().__init__(message)
         self.message = message
-        self._fields = fields
-        for name, value in fields.items():
-            setattr(self, name, value)
+        for name in names:
+            setattr(self, name, fields[name])
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Subclasses share one constructor shape, so pickling needs only the
-        # message and the keyword fields.
-        return (_rebuild, (type(self), self.message, self._fields))
+        values = {name: getattr(self, name) for name in type(self).fields}
+        return (_rebuild, (type(self), self.message, values))
 
     def __str__(self) -> str:
         return self.message
@@ -70,10 +102,11 @@ def _rebuild(cls: type[SnapmetaError], message: str, fields: dict[str, Any]) -> 
 
 
 class NotAPlateError(SnapmetaError, ValueError):
-    """The store exists but holds no readable HCS plate metadata.
+    """The store is not a local HCS plate: missing, not a zarr group, no plate metadata,
+    or a remote URL (not supported yet)."""
 
-    Fields: ``store``, ``document`` (the file that was expected to hold it).
-    """
+    store: str
+    document: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,65 +127,78 @@ class Problem:
 
 
 class PlateValidationError(SnapmetaError, ValueError):
-    """The plate's metadata is invalid; ``problems`` lists every problem found.
+    """The plate's metadata is invalid; ``problems`` lists every problem found."""
 
-    Fields: ``store``, ``problems`` (a tuple of :class:`Problem`).
-    """
+    store: str
+    problems: tuple[Problem, ...]
 
 
 class SnapshotNotFoundError(SnapmetaError, FileNotFoundError):
-    """The store has no snapshot (run ``snapmeta build STORE``).
+    """The plate has no snapshot in any place snapmeta looks (run ``snapmeta build STORE``)."""
 
-    Fields: ``store``, ``snapshot`` (the expected snapshot path).
-    """
+    store: str
+    snapshot: str
+
+
+class SnapshotWriteError(SnapmetaError, OSError):
+    """The snapshot cannot be written where it was asked to go (read-only, full, no access)."""
+
+    store: str
+    snapshot: str
+    reason: str
 
 
 class SnapshotFormatError(SnapmetaError, ValueError):
-    """The snapshot file cannot be read as a snapmeta snapshot.
+    """The snapshot file cannot be read as a snapmeta snapshot."""
 
-    Fields: ``snapshot``, ``reason``.
-    """
+    snapshot: str
+    reason: str
 
 
 class SnapshotCorruptError(SnapshotFormatError):
-    """A checksum or structural check failed: the file is damaged.
+    """A checksum or a rule of the format failed: the file is damaged or was crafted."""
 
-    Fields: ``snapshot``, ``reason`` and, when known, ``section`` and ``index``.
-    """
+    section: str | None
+    index: int | None
 
 
 class UnsupportedFormatVersionError(SnapshotFormatError):
-    """The snapshot was written in a format version this snapmeta cannot read.
+    """The snapshot was written in a format version this snapmeta does not read."""
 
-    Fields: ``snapshot``, ``found_version``, ``supported`` (tuple of versions).
-    """
+    found_version: str
+    supported: tuple[int, ...]
 
 
 class StaleSnapshotError(SnapmetaError, ValueError):
     """The store's metadata changed after the snapshot was built.
 
-    Raised only with ``on_stale="raise"``; by default snapmeta warns with
-    :class:`SnapshotStaleWarning` and serves the node from its JSON documents.
-    Fields: ``store``, ``changed`` (tuple of document paths relative to the store).
+    Raised with ``on_stale="raise"``, and by handles whose plate changed under
+    them. By default snapmeta warns with :class:`SnapshotStaleWarning` and
+    serves the changed node from its JSON documents.
     """
+
+    store: str
+    changed: tuple[str, ...]
 
 
 class PositionNotFoundError(SnapmetaError, KeyError):
-    """No position (or well) with this path exists in the plate.
+    """No well, position or level with this path exists in the plate."""
 
-    Fields: ``store``, ``key``, ``suggestions`` (nearby existing paths).
-    """
+    store: str
+    key: str
+    suggestions: tuple[str, ...]
 
     def __str__(self) -> str:
-        # KeyError.__str__ would repr() the message; keep it readable.
+        # KeyError.__str__ would repr() the message
         return self.message
 
 
 class ChannelNotFoundError(SnapmetaError, KeyError):
-    """No channel with this label in the position.
+    """No channel with this label in the position."""
 
-    Fields: ``key``, ``channels``, ``position``.
-    """
+    key: str
+    channels: tuple[str, ...]
+    position: str
 
     def __str__(self) -> str:
         return self.message

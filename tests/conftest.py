@@ -61,7 +61,7 @@ def same_json(a: Any, b: Any) -> bool:
 def plate_96(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """8x12x1 generated plates with data, both NGFF versions, snapshots built."""
     from snapmeta import build_snapshot
-    from snapmeta._plategen import write_plate
+    from snapmeta.testing import write_plate
 
     out = {}
     for ngff in ("0.4", "0.5"):
@@ -76,7 +76,7 @@ def plate_96(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def plate_7035(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """35x201 single-field wells (the reported regression's layout), metadata only."""
     from snapmeta import build_snapshot
-    from snapmeta._plategen import write_plate
+    from snapmeta.testing import write_plate
 
     path = tmp_path_factory.mktemp("plate7035") / "plate.ome.zarr"
     write_plate(

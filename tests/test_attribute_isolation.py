@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import snapmeta
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 from snapmeta.compat import open_ome_zarr
 
 

@@ -11,7 +11,7 @@ import pytest
 import snapmeta
 from snapmeta import NotAPlateError, PlateValidationError
 from snapmeta._format import SNAPSHOT_NAME
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 
 
 def _attrs_doc(store, node):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 
 
 def run(*args, check=True):

@@ -25,7 +25,7 @@ import zarr
 
 import snapmeta
 from snapmeta import compat
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 from snapmeta.compat import FallbackWarning
 
 try:

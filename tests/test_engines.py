@@ -23,7 +23,7 @@ import zarr
 
 import snapmeta
 from snapmeta import compat
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 
 ROWS, COLUMNS = 8, 12  # 96 positions
 SHAPE = (1, 2, 2, 32, 32)

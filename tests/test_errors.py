@@ -74,7 +74,7 @@ def test_every_public_error_is_covered():
 
 
 def test_missing_snapshot(tmp_path):
-    from snapmeta._plategen import write_plate
+    from snapmeta.testing import write_plate
 
     store = write_plate(tmp_path / "p.zarr", rows=1, columns=1, data="none")
     with pytest.raises(FileNotFoundError, match="snapmeta build") as info:

@@ -12,7 +12,7 @@ import pytest
 
 import snapmeta
 from snapmeta import SnapshotStaleWarning, StaleSnapshotError
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 
 
 @pytest.fixture(params=["0.4", "0.5"])

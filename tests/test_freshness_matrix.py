@@ -35,7 +35,7 @@ import zarr
 
 import snapmeta
 from snapmeta import _format
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 from snapmeta.errors import PositionNotFoundError, SnapshotStaleWarning, StaleSnapshotError
 
 MISSING = "missing"

@@ -1,6 +1,6 @@
 """Generated plates read back by zarr and iohub exactly like plates iohub writes.
 
-``snapmeta._plategen.write_plate`` writes the JSON documents by hand for
+``snapmeta.testing.write_plate`` writes the JSON documents by hand for
 speed, so these tests hold it to what real readers see: iohub's ``Plate``
 model, plain zarr groups and arrays, the ome-zarr-models validators, and a
 plate written by iohub 0.3.0a7 itself with the same layout.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zarr
 
-from snapmeta._plategen import VOXEL_SIZE, write_plate
+from snapmeta.testing import VOXEL_SIZE, write_plate
 
 NGFF_VERSIONS = ("0.4", "0.5")
 ZARR_FORMAT = {"0.4": 2, "0.5": 3}

@@ -39,7 +39,7 @@ import pytest
 
 import snapmeta
 from snapmeta import _format
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 from snapmeta.errors import PositionNotFoundError, SnapmetaError, SnapshotStaleWarning
 
 HERE = Path(__file__).resolve().parent

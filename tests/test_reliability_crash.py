@@ -32,7 +32,7 @@ from conftest import forkserver_context
 
 import snapmeta
 from snapmeta import _format
-from snapmeta._plategen import write_plate
+from snapmeta.testing import write_plate
 
 SLOW = bool(os.environ.get("SNAPMETA_SLOW"))
 slow = pytest.mark.skipif(not SLOW, reason="large run: set SNAPMETA_SLOW=1")

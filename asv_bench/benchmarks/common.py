@@ -129,7 +129,7 @@ ALL_LAYOUTS = sorted(
 
 def position_paths(layout: str) -> list[str]:
     """All position paths of a layout, in plate order (wells row-major)."""
-    from snapmeta._plategen import _row_name as row_name  # the generator's own labels
+    from snapmeta.testing import _row_name as row_name  # the generator's own labels
 
     spec = LAYOUTS[layout]
     counts = [spec.fields] if isinstance(spec.fields, int) else list(spec.fields)
@@ -229,7 +229,7 @@ def ensure_plate(layout: str, ngff: str, *, empty: bool = False) -> Path:
     final = data_root() / name
 
     def build(tmp: Path) -> None:
-        from snapmeta._plategen import write_plate
+        from snapmeta.testing import write_plate
 
         t0 = time.perf_counter()
         data = "none" if empty else spec.data

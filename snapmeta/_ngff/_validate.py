@@ -1,7 +1,8 @@
 """Build-time validation of NGFF plate metadata with pydantic.
 
-This is the only module that imports pydantic, and only the builder imports
-it: the open path never pays for validation. Each function returns a list of
+This is the only module that imports pydantic. The builder uses it, and so
+does the JSON fallback, which serves a changed node only after the same
+checks; the snapshot open path never imports it. Each function returns a list of
 :class:`~snapmeta.errors.Problem` (empty when valid) so the builder can
 report every problem of a plate at once.
 """
@@ -13,7 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import Problem
+from .._arrays import parse_metadata
+from .._fsio import UnsafePathError, check_relative
+from ..errors import Problem
 
 
 class _Model(BaseModel):
@@ -187,7 +190,11 @@ def validate_plate(document: str, plate: Any) -> list[Problem]:
 
 def _safe_name(name: str) -> bool:
     # Names become path segments: never let one climb out of the store.
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and not any(c in name for c in ("/", "\\", "\0"))
+    )
 
 
 def validate_well(document: str, well: Any) -> list[Problem]:
@@ -234,7 +241,9 @@ def validate_image(document: str, ome: Any) -> list[Problem]:
             )
     paths = [d["path"] for d in ms["datasets"]]
     for i, path in enumerate(paths):
-        if not path or path.startswith("/") or ".." in path.split("/"):
+        try:
+            check_relative(path)
+        except UnsafePathError:
             problems.append(
                 Problem(
                     document,
@@ -253,11 +262,9 @@ def validate_array(
     document: str, meta: dict[str, Any], ndim: int, channels: int | None, c_axis: int | None
 ) -> list[Problem]:
     """Check an array document with zarr's own parser and against the axes."""
-    from zarr.core.array import parse_array_metadata
-
     problems = []
     try:
-        parsed = parse_array_metadata(dict(meta))
+        parsed = parse_metadata(meta)
     except Exception as exc:  # zarr raises many types for bad metadata
         return [Problem(document, "", f"zarr cannot read this array metadata: {exc}")]
     if len(parsed.shape) != ndim:

@@ -1,7 +1,13 @@
-"""Fast generator of synthetic HCS OME-Zarr plates.
+"""Synthetic HCS OME-Zarr plates for tests, benchmarks and demos.
 
-The plates are used by ``snapmeta demo``, the test suite and the benchmarks,
-which need plates of up to 100,000 positions. Creating that many groups and
+``write_plate`` writes a plate of any size, NGFF 0.4 (zarr 2) or 0.5 (zarr
+3), quickly enough for plates of 100,000 positions: use it to try snapmeta,
+or to test code that reads plates, without a microscope::
+
+    from snapmeta.testing import write_plate
+    write_plate("demo.ome.zarr", rows=8, columns=12, fields=2, ngff="0.4")
+
+It is used by ``snapmeta demo``, snapmeta's own tests and its benchmarks. Creating that many groups and
 arrays through zarr's hierarchy API costs several milliseconds per node, so
 the metadata documents are serialised here once per distinct shape and then
 written with plain file writes. Chunk data, when requested, is still written
@@ -25,7 +31,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["write_plate"]
+__all__ = ["DEFAULT_CHANNEL_NAMES", "VOXEL_SIZE", "row_name", "write_plate"]
+
+
+def __dir__() -> list[str]:
+    return __all__
 
 #: Channel names used when ``channel_names`` is not given; extended with
 #: ``"Channel<i>"`` when the channel axis is longer.
@@ -164,7 +174,7 @@ def write_plate(
     version = _check_choice("ngff", ngff, ("0.4", "0.5"))
     _check_choice("data", data, ("none", "fill", "random"))
     _check_choice("compressor", compressor, ("default", "none"))
-    row_names = _axis_names("rows", rows, _row_name)
+    row_names = _axis_names("rows", rows, row_name)
     column_names = _axis_names("columns", columns, lambda i: str(i + 1))
     level0 = _check_shape(shape)
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
@@ -250,8 +260,11 @@ def _check_choice(label: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _row_name(index: int) -> str:
-    # Spreadsheet-style bijective base 26, as plate maps label rows past Z.
+def row_name(index: int) -> str:
+    """The label of row ``index`` (0-based): ``A`` ... ``Z``, ``AA``, ``AB`` ...
+
+    Spreadsheet-style bijective base 26, as plate maps label rows past Z.
+    """
     name = ""
     index += 1
     while index:

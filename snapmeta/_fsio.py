@@ -1,0 +1,124 @@
+"""Bounded, confined file access for paths that come from untrusted input.
+
+Every document and snapshot is opened non-blocking and checked to be a
+regular file before a byte is read, and every read is capped: a FIFO, a
+device or ``/dev/zero`` behind a symlink gives an error instead of a hang or
+an exhausted memory. Paths taken from a snapshot or a metadata document are
+checked to stay inside the store, symlinks included.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+# Bigger than any metadata document we have seen (a 100,000-well root is
+# about 13 MB), far smaller than what would hurt a worker.
+MAX_DOCUMENT = 256 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+
+
+class UnsafePathError(ValueError):
+    """A path from untrusted input would leave the store."""
+
+
+class UnreadableFileError(OSError):
+    """A file exists but is not a readable regular file of sane size."""
+
+
+def check_relative(path: str) -> str:
+    """``path`` if it is a plain relative path: no absolute, empty, ``.`` or ``..`` parts."""
+    if not path or path.startswith("/") or "\\" in path or "\0" in path:
+        raise UnsafePathError(f"{path!r} is not a relative path inside the store")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise UnsafePathError(f"{path!r} is not a relative path inside the store")
+    return path
+
+
+def open_regular(
+    path: str | Path, *, dir_fd: int | None = None, nofollow: bool = False
+) -> tuple[int, os.stat_result]:
+    """A descriptor of a regular file, opened without blocking on FIFOs or devices.
+
+    Raises FileNotFoundError (and NotADirectoryError) for a missing file and
+    :class:`UnreadableFileError` for anything that is not a regular file
+    (``errno`` ELOOP for a symlink with ``nofollow``).
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS | (os.O_NOFOLLOW if nofollow else 0), dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise
+        raise UnreadableFileError(exc.errno, f"cannot open ({exc.strerror})", str(path)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFileError(errno.EINVAL, "not a regular file", str(path))
+        return fd, st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(
+    path: str | Path,
+    *,
+    limit: int = MAX_DOCUMENT,
+    dir_fd: int | None = None,
+    nofollow: bool = False,
+) -> tuple[bytes, os.stat_result]:
+    """The bytes and the stat (of the open descriptor) of a regular file, capped at ``limit``."""
+    fd, st = open_regular(path, dir_fd=dir_fd, nofollow=nofollow)
+    try:
+        if st.st_size > limit:
+            raise UnreadableFileError(
+                errno.EFBIG, f"{st.st_size} bytes is more than the {limit} allowed", str(path)
+            )
+        chunks = []
+        remaining = limit + 1  # one byte more tells a file that grew past the limit
+        while remaining > 0:
+            try:
+                chunk = os.read(fd, min(remaining, 1 << 20))
+            except OSError as exc:
+                raise UnreadableFileError(exc.errno, f"cannot read ({exc.strerror})", str(path))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise UnreadableFileError(errno.EFBIG, f"more than the {limit} bytes allowed", str(path))
+        return data, st
+    finally:
+        os.close(fd)
+
+
+def resolves_inside(root: str, relpath: str, real_root: str | None = None) -> bool:
+    """Whether ``root/relpath`` resolves, through any symlinks, to a place inside ``root``.
+
+    A missing path counts as inside when its existing part is inside: the
+    caller then finds it missing.
+    """
+    if real_root is None:
+        real_root = os.path.realpath(root)
+    try:
+        real = os.path.realpath(os.path.join(root, relpath), strict=False)
+    except OSError:  # a symlink loop
+        return False
+    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+
+
+def has_symlink(root: str, relpath: str) -> bool:
+    """Whether any component of ``relpath`` under ``root`` is a symlink (``lstat`` each)."""
+    current = root
+    for part in relpath.split("/"):
+        current = f"{current}/{part}"
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+    return False

@@ -1,20 +1,36 @@
 """Side-by-side comparison of snapmeta and its peers, in one run.
 
-    python asv_bench/compare.py --out docs/benchmarks            # full (~25 min)
-    python asv_bench/compare.py --out /tmp/cmp --smoke           # 96 positions only (~1 min)
-    python asv_bench/compare.py --out /tmp/cmp --sections open read
+    python asv_bench/compare.py --out docs/benchmarks            # full (~60 min; printed)
+    python asv_bench/compare.py --out /tmp/cmp --smoke           # 96 positions, 1 ms (~2 min)
+    python asv_bench/compare.py --out /tmp/cmp --sections network network-cold
+    python asv_bench/compare.py --out /tmp/cmp --estimate        # print the estimate only
 
 Unlike asv, which runs every case in its own process and rounds, this script
-times all peers in the same process, interleaved (the peer order rotates every
-round), with per-call ``perf_counter`` timings and the garbage collector on,
-as in a real worker. It reuses the asv suite's fixtures (plates cached under
-$SNAPMETA_BENCH_DATA, snapshots built fresh for the working tree's snapmeta)
-and peer functions (asv_bench/benchmarks/peers.py), so both measure the same
-code. It writes into --out:
+times all peers in one run, interleaved (the peer order rotates every round),
+with per-call ``perf_counter`` timings and the garbage collector on, as in a
+real worker. It reuses the asv suite's fixtures (plates cached under
+$SNAPMETA_BENCH_DATA, snapshots rebuilt whenever snapmeta's sources changed)
+and peer functions (asv_bench/benchmarks/peers.py and network.py), so both
+measure the same code.
 
-    results.md                markdown tables: medians, ratios, targets
-    results.json              every sample summary and the machine description
-    open_vs_positions.png     log-log: time per open vs number of positions
+Local-disk sections: open, read, counts, cold, build, workflow, memory.
+Network sections (latencyfs: root, /dev/fuse and gcc; skipped otherwise):
+
+* network: open + ["0"] and the seed task through a FUSE mount that delays
+  every request (0.2 and 1 ms; kernel caches off and 1 s), every peer in its
+  own measurement process, iohub 0.3.11 and zarr 3.4.2 from a second
+  environment ($SNAPMETA_BENCH_PY313, default /work/venvs/py313/bin/python);
+  ms per call and round trips by FUSE request type.
+* network-cold: a new interpreter's first open, snapshot pages dropped.
+* network-trace: one traced open per peer (network_trace.txt).
+
+It writes into --out:
+
+    results.md                  markdown tables: medians, ratios, targets
+    results.json                every sample summary and the machine description
+    open_vs_positions.png       log-log: local time per open vs number of positions
+    network_ms_per_call.png     ms per call per peer across network configurations
+    network_trace.txt           FUSE requests of one open per peer
 """
 
 from __future__ import annotations
@@ -39,9 +55,20 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from benchmarks import common, peers  # noqa: E402
+from benchmarks import common, network, peers  # noqa: E402
 
-SECTIONS = ["open", "read", "counts", "cold", "build", "workflow", "memory"]
+SECTIONS = [
+    "open",
+    "read",
+    "counts",
+    "cold",
+    "build",
+    "workflow",
+    "memory",
+    "network",
+    "network-cold",
+    "network-trace",
+]
 
 
 def log(message: str) -> None:
@@ -63,6 +90,10 @@ def _cpu_model() -> str:
 
 
 def _version(module: str) -> str:
+    if module == "snapmeta":  # an editable install's metadata can be stale
+        import snapmeta
+
+        return snapmeta.__version__
     try:
         from importlib.metadata import version
 
@@ -222,8 +253,7 @@ def section_counts(fx: common.Fixture, layouts: list[str]) -> dict[str, Any]:
     )
     results = json.loads(r.stdout)
     for key in results:
-        snap = Path(fx.views[key]) / ".snapmeta.arrow"
-        results[key]["snapshot_bytes"] = snap.stat().st_size
+        results[key]["snapshot_bytes"] = os.path.getsize(common.snapshot_file(fx.views[key]))
     log(f"counts: {json.dumps(results)[:300]}...")
     return results
 
@@ -300,7 +330,13 @@ def section_workflow(fx: common.Fixture, args: argparse.Namespace, work: Path) -
     layout = common.WORKFLOW_LAYOUT
     all_paths = common.position_paths(layout)
     stride = 1 if args.smoke else 20
-    wf_peers = [p for p in peers.WORKFLOW_PEERS if p != "iohub" or peers.iohub_available()]
+    wf_peers = []
+    for p in peers.WORKFLOW_PEERS:
+        try:
+            peers.require(p)
+            wf_peers.append(p)
+        except NotImplementedError as exc:
+            log(f"workflow: {p} skipped ({exc})")
     results: dict[str, Any] = {"layout": layout, "n_jobs": 2, "iohub_stride": stride}
     with joblib.Parallel(n_jobs=2) as parallel:
         for peer in wf_peers:
@@ -310,6 +346,7 @@ def section_workflow(fx: common.Fixture, args: argparse.Namespace, work: Path) -
             rates: dict[str, list[float]] = {p: [] for p in wf_peers}
             cpu_ms: dict[str, list[float]] = {p: [] for p in wf_peers}
             ratios: list[float] = []
+            fan_ratios: list[float] = []
             for r in range(args.workflow_repeats):
                 # One destination per peer; the positions are split into blocks
                 # and the peers alternate block by block, so a change in the
@@ -322,6 +359,12 @@ def section_workflow(fx: common.Fixture, args: argparse.Namespace, work: Path) -
                 wall = dict.fromkeys(wf_peers, 0.0)
                 cpu = dict.fromkeys(wf_peers, 0.0)
                 count = dict.fromkeys(wf_peers, 0)
+                ends = {p: (fx.views[key], dsts[p]) for p in wf_peers}
+                if "snapmeta-fanout" in wf_peers:
+                    # the parent verifies both plates once per run: part of its time
+                    t0 = time.perf_counter()
+                    ends["snapmeta-fanout"] = peers.fan_out_pair(*ends["snapmeta-fanout"])
+                    wall["snapmeta-fanout"] += time.perf_counter() - t0
                 blocks = args.workflow_blocks
                 for b in range(blocks):
                     shift = (r + b) % len(wf_peers)
@@ -329,7 +372,7 @@ def section_workflow(fx: common.Fixture, args: argparse.Namespace, work: Path) -
                         paths = all_paths[::stride] if peer == "iohub" else all_paths
                         block = paths[b::blocks]
                         seconds, c = peers.run_workflow(
-                            peer, fx.views[key], dsts[peer], block, parallel, cpu=True
+                            peer, *ends[peer], block, parallel, cpu=True
                         )
                         wall[peer] += seconds
                         cpu[peer] += c
@@ -339,6 +382,8 @@ def section_workflow(fx: common.Fixture, args: argparse.Namespace, work: Path) -
                     cpu_ms[peer].append(cpu[peer] / count[peer] * 1e3)
                     shutil.rmtree(dsts[peer], ignore_errors=True)
                 ratios.append(rates["snapmeta"][-1] / rates["zarr"][-1])
+                if "snapmeta-fanout" in rates:
+                    fan_ratios.append(rates["snapmeta-fanout"][-1] / rates["zarr"][-1])
                 log(
                     f"workflow {key} repeat {r}: "
                     + "  ".join(
@@ -356,6 +401,8 @@ def section_workflow(fx: common.Fixture, args: argparse.Namespace, work: Path) -
                 for p, s in rates.items()
             }
             results[key]["paired_ratio_vs_zarr"] = ratios
+            if fan_ratios:
+                results[key]["paired_fanout_ratio_vs_zarr"] = fan_ratios
     return results
 
 
@@ -417,6 +464,18 @@ def report(data: dict[str, Any], out: Path) -> str:
             f"{rm.get('load_average_end')} at end)"
         )
     lines.append("")
+    if "network" in data:
+        lines += network_report(data)
+    if "network-cold" in data:
+        lines += cold_report(data)
+    if "network-trace" in data:
+        lines += [
+            "## Request traces",
+            "",
+            'One warm open + ["0"] per peer through a traced mount (delay 0, caches off), '
+            f"{data['network-trace']['plate']}: [network_trace.txt](network_trace.txt).",
+            "",
+        ]
     positions = {name: common.LAYOUTS[name].n_positions for name in common.LAYOUTS}
     describe = {
         "w96": "96 wells x 1",
@@ -482,8 +541,10 @@ def report(data: dict[str, Any], out: Path) -> str:
         lines += [
             "## Files opened / bytes read per open + lookup + array (warm, deterministic)",
             "",
-            "| plate | ngff | snapshot bytes | " + " | ".join(peers.PEERS) + " |",
-            "|---|---|---:|" + "---:|" * len(peers.PEERS),
+            "| plate | ngff | snapshot bytes | bytes / position | "
+            + " | ".join(peers.PEERS)
+            + " |",
+            "|---|---|---:|---:|" + "---:|" * len(peers.PEERS),
         ]
         for key, r in data["counts"].items():
             layout, ngff = key.rsplit("-", 1)
@@ -491,8 +552,11 @@ def report(data: dict[str, Any], out: Path) -> str:
                 f"{r[p]['files']:.0f} / {r[p]['bytes']:,.0f}" if p in r else "n/a"
                 for p in peers.PEERS
             ]
+            per = r["snapshot_bytes"] / positions[layout]
             lines.append(
-                f"| {layout} | {ngff} | {r['snapshot_bytes']:,} | " + " | ".join(cells) + " |"
+                f"| {layout} | {ngff} | {r['snapshot_bytes']:,} | {per:.0f} | "
+                + " | ".join(cells)
+                + " |"
             )
         lines.append("")
     if "cold" in data:
@@ -544,22 +608,25 @@ def report(data: dict[str, Any], out: Path) -> str:
         lines += [
             f"## Workflow: joblib n_jobs={w['n_jobs']} over {w['layout']}, positions/s (median)",
             "",
-            "| ngff | snapmeta | zarr | iohub | snapmeta / zarr | paired snapmeta / zarr "
-            "| snapmeta / iohub |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| ngff | snapmeta | snapmeta fan-out | zarr | iohub | paired snapmeta / zarr "
+            "| paired fan-out / zarr | snapmeta / iohub |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key, r in w.items():
             if not isinstance(r, dict):
                 continue
             ngff = key.rsplit("-", 1)[1]
             s = r["snapmeta"]["median"]
+            f = r.get("snapmeta-fanout", {}).get("median")
             z = r["zarr"]["median"]
             i = r.get("iohub", {}).get("median")
             paired = r.get("paired_ratio_vs_zarr")
             pr = f"{statistics.median(paired):.2f}" if paired else "n/a"
+            fpaired = r.get("paired_fanout_ratio_vs_zarr")
+            fpr = f"{statistics.median(fpaired):.2f}" if fpaired else "n/a"
             lines.append(
-                f"| {ngff} | {s:.0f} | {z:.0f} | {f'{i:.1f}' if i else 'n/a'} | {s / z:.2f} | "
-                f"{pr} | {f'{s / i:.1f}' if i else 'n/a'} |"
+                f"| {ngff} | {s:.0f} | {f'{f:.0f}' if f else 'n/a'} | {z:.0f} | "
+                f"{f'{i:.1f}' if i else 'n/a'} | {pr} | {fpr} | {f'{s / i:.1f}' if i else 'n/a'} |"
             )
         lines += [
             "",
@@ -576,10 +643,14 @@ def report(data: dict[str, Any], out: Path) -> str:
                 if p in r
             ),
             *(
-                f"- {key} paired snapmeta / zarr: "
-                + ", ".join(f"{x:.2f}" for x in r["paired_ratio_vs_zarr"])
+                f"- {key} paired {label} / zarr: " + ", ".join(f"{x:.2f}" for x in r[field])
                 for key, r in w.items()
-                if isinstance(r, dict) and "paired_ratio_vs_zarr" in r
+                if isinstance(r, dict)
+                for field, label in (
+                    ("paired_ratio_vs_zarr", "snapmeta"),
+                    ("paired_fanout_ratio_vs_zarr", "fan-out"),
+                )
+                if field in r
             ),
         ]
         if all(
@@ -594,17 +665,18 @@ def report(data: dict[str, Any], out: Path) -> str:
                 "CPU time of the two worker processes per position (median ms; moves less with "
                 "other tenants' load than wall time, steal included):",
                 "",
-                "| ngff | snapmeta | zarr | iohub | zarr / snapmeta |",
-                "|---|---:|---:|---:|---:|",
+                "| ngff | snapmeta | snapmeta fan-out | zarr | iohub | zarr / snapmeta |",
+                "|---|---:|---:|---:|---:|---:|",
             ]
             for key, r in w.items():
                 if not isinstance(r, dict):
                     continue
                 c = {p: r[p]["cpu_ms"]["median"] for p in peers.WORKFLOW_PEERS if p in r}
                 io = f"{c['iohub']:.1f}" if "iohub" in c else "n/a"
+                fo = f"{c['snapmeta-fanout']:.2f}" if "snapmeta-fanout" in c else "n/a"
                 lines.append(
-                    f"| {key.rsplit('-', 1)[1]} | {c['snapmeta']:.2f} | {c['zarr']:.2f} | {io} | "
-                    f"{c['zarr'] / c['snapmeta']:.2f} |"
+                    f"| {key.rsplit('-', 1)[1]} | {c['snapmeta']:.2f} | {fo} | {c['zarr']:.2f} | "
+                    f"{io} | {c['zarr'] / c['snapmeta']:.2f} |"
                 )
         lines += [
             "",
@@ -707,9 +779,343 @@ def targets(data: dict[str, Any]) -> list[str]:
             "private dirty growth "
             + ", ".join(f"N={n}: {v:.1f} MB" for n, v in zip(WORKERS, d, strict=True)),
         )
+    network_targets(data, add)
     if not rows:
         return []
     return ["## Targets", "", "| target | status | measured |", "|---|---|---|", *rows, ""]
+
+
+# ---------------------------------------------------------------------------
+# network report
+
+#: Format 1's local-disk open (open_position(...).data, median ms) in its last
+#: full run (docs/benchmarks.md at 331c02a); format 2 should stay within 10 %.
+FORMAT1_OPEN_MS = {
+    "w96-0.4": 0.069,
+    "w96-0.5": 0.063,
+    "f1536-0.4": 0.071,
+    "f1536-0.5": 0.063,
+    "w7035-0.4": 0.070,
+    "w7035-0.5": 0.061,
+    "f7035-0.4": 0.068,
+    "f7035-0.5": 0.062,
+    "f100000-0.4": 0.069,
+    "f100000-0.5": 0.062,
+}
+
+
+def peer_label(peer: str, env: dict[str, Any]) -> str:
+    """A peer's name with the versions that ran it."""
+    kind = network.kind_of(peer)
+    v = env.get(peer, {}) if isinstance(env.get(peer), dict) else {}
+    zarr_v = v.get("zarr", "?")
+    py = v.get("python", "?")
+    other = peer.endswith("@py313")
+    suffix = f", Python {py}" if other else ""
+    if kind == "snapmeta":
+        return f"snapmeta {v.get('snapmeta', '')} (default checks)".replace("  ", " ")
+    if kind == "snapmeta-fanout":
+        return "snapmeta fan-out"
+    if kind == "zarr-array":
+        return f"zarr.open_array (zarr {zarr_v}{suffix})"
+    if kind == "iohub":
+        return f"iohub {v.get('iohub', '?')} (zarr {zarr_v}{suffix})"
+    return peer
+
+
+def _short(peer: str, env: dict[str, Any]) -> str:
+    v = env.get(peer, {}) if isinstance(env.get(peer), dict) else {}
+    return {
+        "snapmeta": "snapmeta",
+        "snapmeta-fanout": "fan-out",
+        "zarr-array": f"zarr {v.get('zarr', '')}",
+        "iohub": f"iohub {v.get('iohub', '')}",
+        "zarr-array@py313": f"zarr {v.get('zarr', '')}",
+        "iohub@py313": f"iohub {v.get('iohub', '')}",
+    }.get(peer, peer)
+
+
+def _config_parts(name: str) -> tuple[str, str, str, str]:
+    key, cache, delay = name.split("/")
+    layout, ngff = key.rsplit("-", 1)
+    return layout, ngff, cache, delay
+
+
+def _net_cell(r: dict[str, Any] | None) -> str:
+    if not r or "median" not in r:
+        return "n/a"
+    return f"{_ms(r['median'])} ({_ms(r['p90'])}) · {r['rt']:.0f}"
+
+
+def network_report(data: dict[str, Any]) -> list[str]:
+    net = data["network"]
+    env = net["peers"]
+    cfgs = net["configs"]
+    order = [p for p in net["options"]["peers"] if p in env and "skipped" not in env[p]]
+    lines = [
+        "## Network filesystem (latencyfs): ms per call and round trips",
+        "",
+        "A passthrough FUSE mount whose server sleeps a fixed delay before answering each "
+        "request (asv_bench/latencyfs), without `default_permissions`; caches *off*: entry "
+        "and attribute timeouts 0 (NFS `actimeo=0`), *on*: 1 s. Each peer runs in its own "
+        "measurement process (the py3.13 ones in the second environment), warm: imports "
+        "done, snapshot mapped, the source chunks in the page cache. The parent counts "
+        "every FUSE request of each turn; peers take turns, order rotating every round.",
+        "",
+        "Peers:",
+        "",
+        *(f"- `{p}`: {peer_label(p, env)}" for p in order),
+        *(
+            f"- `{p}`: not measured ({env[p]['skipped'][:200]})"
+            for p in net["options"]["peers"]
+            if p in env and "skipped" in env[p]
+        ),
+        "",
+    ]
+    for op, title in (
+        ("open", 'Open + level-0 array: `open_position(store, p)["0"]` and peers'),
+        (
+            "task",
+            "Seed task: open the source position, read level 0, open the destination "
+            'position with mode "a", write (a position never written before)',
+        ),
+    ):
+        lines += [
+            f"### {title}",
+            "",
+            "Cells: median ms (p90) · round trips per call.",
+            "",
+            "| plate | ngff | delay | caches | " + " | ".join(_short(p, env) for p in order) + " |",
+            "|---|---|---|---|" + "---:|" * len(order),
+        ]
+        for name, cfg in cfgs.items():
+            layout, ngff, cache, delay = _config_parts(name)
+            lines.append(
+                f"| {layout} | {ngff} | {delay} | {cache} | "
+                + " | ".join(_net_cell(cfg[op].get(p)) for p in order)
+                + " |"
+            )
+        lines.append("")
+    lines += [
+        "### Round trips per call by request type",
+        "",
+        "(IOCTL is not a round trip: Python's `open()` asks `isatty`, which a network "
+        "client answers locally; latencyfs answers it at once.)",
+        "",
+    ]
+    for name, cfg in cfgs.items():
+        layout, ngff, cache, delay = _config_parts(name)
+        if delay != "1ms":
+            continue
+        for op in ("open", "task"):
+            types = [
+                t
+                for t in network.OP_TYPES
+                if any(cfg[op].get(p, {}).get("ops", {}).get(t) for p in order)
+            ]
+            lines += [
+                f"**{op}, {layout} {ngff}, {delay}, caches {cache}**",
+                "",
+                "| peer | " + " | ".join(types) + " | total | max in flight |",
+                "|---|" + "---:|" * (len(types) + 2),
+            ]
+            for p in order:
+                r = cfg[op].get(p, {})
+                if "ops" not in r:
+                    continue
+                cells = [f"{r['ops'].get(t, 0):.3g}" for t in types]
+                lines.append(
+                    f"| {_short(p, env)} | "
+                    + " | ".join(cells)
+                    + f" | {r['rt']:.3g} | {r['max_in_flight']} |"
+                )
+            lines.append("")
+    if any(cfg.get("setup") for cfg in cfgs.values()):
+        lines += [
+            "### Fan-out: the parent's verification (`open_plate(store).fan_out()`)",
+            "",
+            "Once per plate before fanning out: every document any position depends on, "
+            'checked concurrently. Source read-only; destination with mode "a".',
+            "",
+            "| plate | ngff | delay | caches | source s | source round trips | destination s "
+            "| destination round trips | max in flight |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, cfg in cfgs.items():
+            layout, ngff, cache, delay = _config_parts(name)
+            st = cfg.get("setup", {}).get("snapmeta-fanout")
+            if not st:
+                continue
+            o, t = st.get("open", {}), st.get("task", {})
+            lines.append(
+                f"| {layout} | {ngff} | {delay} | {cache} | {o.get('seconds', 0):.2f} | "
+                f"{o.get('rt', 0):,.0f} | {t.get('seconds', 0):.2f} | {t.get('rt', 0):,.0f} | "
+                f"{max(o.get('max_in_flight', 0), t.get('max_in_flight', 0))} |"
+            )
+        lines.append("")
+    return lines
+
+
+def cold_report(data: dict[str, Any]) -> list[str]:
+    cold = data["network-cold"]
+    env = cold["peers"]
+    opt = cold["options"]
+    order = [p for p in opt["cold_peers"] if p in env and "skipped" not in env[p]]
+    lines = [
+        "## Network filesystem: first open in a new process, snapshot pages dropped",
+        "",
+        f"A fresh interpreter imports the peer (local disk), then opens one position and its "
+        f"level-0 array through the mount (delay {opt['cold_delay_ms']:g} ms, caches off). "
+        "Before each sample the page cache of the snapshot and of the documents of that "
+        "position is dropped (`latencyfs.drop_caches(file)`). The fan-out worker gets a "
+        "FanOut pickled by a parent process. `open ms`: the open inside the process; "
+        "`process ms`: the interpreter's whole life. Medians over "
+        f"{opt['cold_samples']} samples (different positions); READ calls: each sample. "
+        "The snapmeta processes read no other file through the mount, so their READs are "
+        "the snapshot's.",
+        "",
+        "| plate | positions | ngff | peer | open ms | process ms | round trips | READ calls "
+        "| READ bytes | by type |",
+        "|---|---:|---|---|---:|---:|---:|---|---:|---|",
+    ]
+    for key, res in cold["configs"].items():
+        layout, ngff = key.rsplit("-", 1)
+        for p in order:
+            r = res.get(p)
+            if not r or "open_s" not in r:
+                continue
+            by_type = ", ".join(
+                f"{t} {r['ops'][t]:.3g}" for t in network.OP_TYPES if r["ops"].get(t)
+            )
+            lines.append(
+                f"| {layout} | {common.LAYOUTS[layout].n_positions:,} | {ngff} | "
+                f"{_short(p, env)} | {r['open_s'] * 1e3:.1f} | {r['wall_s'] * 1e3:.0f} | "
+                f"{r['rt']:.0f} | {', '.join(str(int(x)) for x in r['read_calls'])} | "
+                f"{statistics.median(r['read_bytes']):,.0f} | {by_type} |"
+            )
+    lines.append("")
+    return lines
+
+
+def network_targets(data: dict[str, Any], add: Callable[[str, bool | None, str], None]) -> None:
+    net = data.get("network", {}).get("configs", {})
+    for ngff in common.NGFF_VERSIONS:
+        cfg = net.get(f"w7035-{ngff}/off/1ms")
+        if not cfg:
+            continue
+        o, t = cfg["open"], cfg["task"]
+        z = o.get("zarr-array", {}).get("median")
+        s = o.get("snapmeta", {})
+        if z and "median" in s:
+            x = z / s["median"]
+            add(
+                f'network, 1 ms, caches off, 7,035 wells ({ngff}): open+["0"] ≥ 3× faster '
+                "than zarr.open_array",
+                x >= 3,
+                f"{x:.2f}× ({_ms(s['median'])} vs {_ms(z)} ms)",
+            )
+            add(
+                f"… and ≤ 12 round trips ({ngff})",
+                s["rt"] <= 12,
+                f"{s['rt']:.0f} round trips (zarr.open_array: {o['zarr-array']['rt']:.0f})",
+            )
+        f = o.get("snapmeta-fanout", {})
+        if z and "median" in f:
+            x = z / f["median"]
+            add(
+                f"network ({ngff}): fan-out open ≥ 8× faster than zarr.open_array",
+                x >= 8,
+                f"{x:.1f}× ({_ms(f['median'])} vs {_ms(z)} ms; {f['rt']:.2f} round trips)",
+            )
+        zt, st = t.get("zarr-array", {}).get("median"), t.get("snapmeta", {}).get("median")
+        if zt and st:
+            x = zt / st
+            ft = t.get("snapmeta-fanout", {}).get("median")
+            add(
+                f"network ({ngff}): seed task ≥ 1.3× faster than the zarr workaround "
+                "(default checks)",
+                x >= 1.3,
+                f"{x:.2f}× ({_ms(st)} vs {_ms(zt)} ms)"
+                + (f"; fan-out {zt / ft:.2f}×" if ft else ""),
+            )
+    cold = data.get("network-cold", {}).get("configs", {})
+    for ngff in common.NGFF_VERSIONS:
+        r = cold.get(f"f100000-{ngff}", {}).get("snapmeta")
+        if r and "read_calls" in r:
+            worst = max(r["read_calls"])
+            add(
+                f"cold first open at 100,000 positions ({ngff}): ≤ 10 READs of the snapshot",
+                worst <= 10,
+                f"{', '.join(str(int(x)) for x in r['read_calls'])} READs, "
+                f"{statistics.median(r['read_bytes']) / 1024:,.0f} KiB",
+            )
+    for key, ref in FORMAT1_OPEN_MS.items():
+        r = data.get("open", {}).get(key, {}).get("snapmeta")
+        if r and "median" in r:
+            x = r["median"] * 1e3 / ref
+            add(
+                f"local open {key}: within 10 % of format 1 ({ref:.3f} ms)",
+                x <= 1.10,
+                f"{r['median'] * 1e3:.3f} ms ({x:.2f}×)",
+            )
+
+
+def network_plot(data: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    net = data["network"]
+    env = net["peers"]
+    cfgs = net["configs"]
+    order = [p for p in net["options"]["peers"] if p in env and "skipped" not in env[p]]
+    names = list(cfgs)
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.05 * len(names) + 3), 9), sharex=True)
+    width = 0.8 / max(1, len(order))
+    for ax, op, title in zip(
+        axes,
+        ("open", "task"),
+        ('open + ["0"]', 'seed task (open src, read, open dst "a", write)'),
+        strict=True,
+    ):
+        for i, peer in enumerate(order):
+            xs, ys, lo, hi = [], [], [], []
+            for j, name in enumerate(names):
+                r = cfgs[name][op].get(peer, {})
+                if "median" in r:
+                    xs.append(j + (i - (len(order) - 1) / 2) * width)
+                    ys.append(r["median"] * 1e3)
+                    hi.append((r["p90"] - r["median"]) * 1e3)
+                    lo.append(0)
+            ax.bar(
+                xs,
+                ys,
+                width,
+                label=peer_label(peer, env),
+                color=f"C{i}",
+                yerr=[lo, hi],
+                error_kw={"elinewidth": 0.6, "capsize": 0},
+            )
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per call (median; bar to p90)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    labels = []
+    for name in names:
+        layout, ngff, cache, delay = _config_parts(name)
+        labels.append(f"{layout}\n{ngff}\n{delay}\ncaches {cache}")
+    axes[1].set_xticks(range(len(names)), labels, fontsize=7)
+    axes[0].legend(fontsize=7, ncol=2)
+    m = data["machine"]
+    fig.suptitle(
+        "network filesystem model (latencyfs, no default_permissions): ms per call\n"
+        f"{m['cpu']}, {m['cores']} cores, {m['date']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out / "network_ms_per_call.png", dpi=100)
+    plt.close(fig)
 
 
 def plot(data: dict[str, Any], out: Path) -> None:
@@ -762,6 +1168,81 @@ def plot(data: dict[str, Any], out: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
+def net_options(args: argparse.Namespace) -> network.NetOptions:
+    both = list(common.NGFF_VERSIONS)
+    if args.smoke:
+        opt = network.NetOptions(
+            layouts=["w96"],
+            ngffs=both,
+            delays_ms=[1.0],
+            caches=["off", "on"],
+            peers=list(network.NET_PEERS),
+            rounds=2,
+            open_budget=0.3,
+            task_budget=0.6,
+            open_min=6,
+            task_min=4,
+            task_max=12,
+            cold_layouts=["w96"],
+            cold_ngffs=["0.5"],
+            cold_peers=list(network.NET_PEERS),
+            cold_samples=1,
+        )
+    else:
+        opt = network.NetOptions(
+            layouts=["w96", "w7035"],
+            ngffs=both,
+            delays_ms=[0.2, 1.0],
+            caches=["off", "on"],
+            peers=list(network.NET_PEERS),
+            cold_layouts=["w7035", "f100000"],
+            cold_ngffs=both,
+            cold_peers=list(network.NET_PEERS),
+        )
+    if args.net_layouts:
+        opt.layouts = args.net_layouts
+    if args.net_delays:
+        opt.delays_ms = args.net_delays
+    if args.net_caches:
+        opt.caches = args.net_caches
+    if args.net_peers:
+        opt.peers = args.net_peers
+        opt.cold_peers = args.net_peers
+    if args.cold_layouts:
+        opt.cold_layouts = args.cold_layouts
+    if args.net_budget is not None:
+        scale = args.net_budget / opt.open_budget
+        opt.open_budget *= scale
+        opt.task_budget *= scale
+    return opt
+
+
+#: Rough seconds per local section here (full, smoke), for the estimate.
+_LOCAL_ESTIMATE = {
+    "open": (300, 8),
+    "read": (300, 8),
+    "counts": (60, 5),
+    "cold": (420, 15),
+    "build": (200, 3),
+    "workflow": (420, 25),
+    "memory": (420, 10),
+}
+
+
+def estimate(args: argparse.Namespace, opt: network.NetOptions) -> float:
+    total = sum(_LOCAL_ESTIMATE[s][bool(args.smoke)] for s in args.sections if s in _LOCAL_ESTIMATE)
+    net = network.estimate_seconds(
+        network.NetOptions(
+            **{
+                **opt.__dict__,
+                "layouts": opt.layouts if "network" in args.sections else [],
+                "cold_layouts": opt.cold_layouts if "network-cold" in args.sections else [],
+            }
+        )
+    )
+    return total + net + (10 if "network-trace" in args.sections else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -769,10 +1250,12 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__,
     )
     parser.add_argument(
-        "--out", type=Path, required=True, help="directory for results.md/json and the plot"
+        "--out", type=Path, required=True, help="directory for results.md/json and the plots"
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="96-position plates only, short budgets"
+        "--smoke",
+        action="store_true",
+        help="96-position plates only, short budgets; network at 1 ms only (~2 min)",
     )
     parser.add_argument("--sections", nargs="*", default=SECTIONS, choices=SECTIONS)
     parser.add_argument("--layouts", nargs="*", help="plates of the open/read/counts sections")
@@ -793,6 +1276,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workflow-blocks", type=int, default=8, help="interleaved blocks per workflow repeat"
     )
+    net = parser.add_argument_group("network sections (latencyfs: root, /dev/fuse, gcc)")
+    net.add_argument("--net-layouts", nargs="*", choices=sorted(common.LAYOUTS))
+    net.add_argument("--net-delays", nargs="*", type=float, help="ms per round trip")
+    net.add_argument("--net-caches", nargs="*", choices=["off", "on"])
+    net.add_argument("--net-peers", nargs="*", choices=network.NET_PEERS)
+    net.add_argument("--net-budget", type=float, help="seconds per peer per open case")
+    net.add_argument(
+        "--cold-layouts", nargs="*", choices=sorted(common.LAYOUTS), help="network-cold plates"
+    )
     parser.add_argument(
         "--update",
         action="store_true",
@@ -802,14 +1294,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="re-render results.md and the plot from --out/results.json",
+        help="re-render results.md and the plots from --out/results.json",
+    )
+    parser.add_argument(
+        "--estimate", action="store_true", help="print the estimated run time and exit"
     )
     args = parser.parse_args(argv)
     if args.report_only:
         data = json.loads((args.out / "results.json").read_text())
         print(report(data, args.out))
-        if "open" in data:
-            plot(data, args.out)
+        plots(data, args.out)
         return 0
     if args.smoke:
         os.environ["SNAPMETA_BENCH_SMOKE"] = "1"
@@ -818,9 +1312,20 @@ def main(argv: list[str] | None = None) -> int:
         importlib.reload(common)
         args.budget, args.rounds, args.cold_samples = 0.3, 3, 2
         args.build_repeats, args.workflow_repeats = 1, 1
+    opt = net_options(args)
+    seconds = estimate(args, opt)
+    log(f"estimated run time: {seconds / 60:.0f} min ({', '.join(args.sections)})")
+    if args.estimate:
+        return 0
+    if {"network", "network-cold", "network-trace"} & set(args.sections):
+        reason = network.unavailable()
+        if reason is not None:
+            log(f"network sections skipped: {reason}")
+            args.sections = [s for s in args.sections if not s.startswith("network")]
     t_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {"machine": machine(), "command": " ".join(["python", *sys.argv])}
+    data["machine"]["estimated_seconds"] = seconds
     log(f"machine: {data['machine']}")
     previous: dict[str, Any] = {}
     if args.update and (args.out / "results.json").exists():
@@ -839,9 +1344,26 @@ def main(argv: list[str] | None = None) -> int:
     need_sorted = sorted(need, key=lambda n: common.LAYOUTS[n].n_positions)
     work = Path(tempfile.mkdtemp(prefix="snapmeta-compare-", dir=common.data_root().parent))
     try:
-        log(f"preparing plates {need_sorted} (views + snapshots in {work})")
-        fx = common.prepare_fixture(work / "views", need_sorted)
-        data["fixture_build_seconds"] = fx.build_seconds
+        # The network sections first: their measurement processes must find the
+        # page cache as the mounts left it, not as the local sections did.
+        if "network" in args.sections:
+            data["network"] = network.run_network(opt, log)
+        if "network-cold" in args.sections:
+            data["network-cold"] = network.run_cold(opt, log)
+        if "network-trace" in args.sections:
+            key = "w7035-0.4" if not args.smoke else "w96-0.4"
+            traces = network.trace_opens(key, ["snapmeta", "snapmeta-fanout", "zarr-array"], log)
+            data["network-trace"] = {"plate": key, "traces": traces}
+            (args.out / "network_trace.txt").write_text(
+                "".join(
+                    f"== {p}: open + ['0'] of one position, warm process ==\n{t}\n\n"
+                    for p, t in traces.items()
+                )
+            )
+        if need_sorted:
+            log(f"preparing plates {need_sorted} (snapshots built if the code changed)")
+            fx = common.prepare_fixture(None, need_sorted)
+            data["fixture_build_seconds"] = fx.build_seconds
         if "open" in args.sections:
             data["open"] = section_open(fx, open_layouts, args, read=False)
         if "read" in args.sections:
@@ -861,6 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     data["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     data["seconds"] = time.perf_counter() - t_start
+    log(f"done in {data['seconds'] / 60:.1f} min (estimated {seconds / 60:.0f} min)")
     if previous:
         # the new sections replace the old ones; the header keeps the first run
         rerun = {
@@ -877,10 +1400,16 @@ def main(argv: list[str] | None = None) -> int:
         data["reruns"] = [*kept, rerun]
     (args.out / "results.json").write_text(json.dumps(data, indent=1))
     text = report(data, args.out)
-    if "open" in data:
-        plot(data, args.out)
+    plots(data, args.out)
     print(text)
     return 0
+
+
+def plots(data: dict[str, Any], out: Path) -> None:
+    if "open" in data:
+        plot(data, out)
+    if data.get("network", {}).get("configs"):
+        network_plot(data, out)
 
 
 if __name__ == "__main__":

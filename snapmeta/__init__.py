@@ -6,7 +6,17 @@ any position in O(1) without parsing JSON.
 """
 
 from ._build import build_snapshot
-from ._open import Acquisition, ArrayInfo, Axis, Plate, Position, Well, open_plate, open_position
+from ._open import (
+    Acquisition,
+    ArrayInfo,
+    Axis,
+    FanOut,
+    Plate,
+    Position,
+    Well,
+    open_plate,
+    open_position,
+)
 from ._verify import VerifyReport, verify
 from ._version import __version__
 from .errors import (
@@ -29,6 +39,7 @@ __all__ = [
     "ArrayInfo",
     "Axis",
     "ChannelNotFoundError",
+    "FanOut",
     "NotAPlateError",
     "Plate",
     "PlateValidationError",

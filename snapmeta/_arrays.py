@@ -39,7 +39,8 @@ def parse_metadata(document: dict[str, Any]) -> Any:
 
     The document is deep-copied first: zarr keeps references into it.
     """
-    return zarr.AsyncArray(copy.deepcopy(document), _PARSE_STORE).metadata
+    parsed: Any = copy.deepcopy(document)
+    return zarr.AsyncArray(parsed, _PARSE_STORE).metadata
 
 
 class ReadOnlyAsyncArray(zarr.AsyncArray):  # type: ignore[type-arg]

@@ -197,7 +197,7 @@ class _Builder:
         template, patch = writer.template(well.attributes)
         writer.add_well(well.path, fmt.WellRecord(template, patch, len(well.images), (well_fp,)))
         for (content, _), (_, acquisition) in zip(read, well.images, strict=True):
-            arrays = [writer.array(level.array) for level in content.levels]
+            arrays = [writer.array_document(level.array) for level in content.levels]
             template, patch = writer.template(content.attributes)
             image = writer.image(self._layout(content, template, patch, arrays))
             docs = [well_fp, self.fingerprint(content.group)]
@@ -206,7 +206,6 @@ class _Builder:
             writer.add_position(
                 content.path, fmt.PositionRecord(image, patch, acquisition, tuple(docs))
             )
-
 
     def _layout(
         self,
@@ -218,7 +217,9 @@ class _Builder:
         """The position's image; computed once per template unless a patch touches it."""
         cached = self._layouts.get(template)
         if cached is None or not cached[1].isdisjoint(patch):
-            layout, deps = _ngff.image_layout(content.attributes, self.zarr_format, template, arrays)
+            layout, deps = _ngff.image_layout(
+                content.attributes, self.zarr_format, template, arrays
+            )
             if cached is None:
                 self._layouts[template] = (layout, deps)
         else:
@@ -229,7 +230,9 @@ class _Builder:
             fmt.Level(lv.path, a, lv.scale, lv.translation)
             for lv, a in zip(layout.levels, arrays, strict=True)
         )
-        return fmt.Image(template, layout.axes, layout.channels, levels, layout.scale, layout.translation)
+        return fmt.Image(
+            template, layout.axes, layout.channels, levels, layout.scale, layout.translation
+        )
 
 
 def _batches(items: list[T], size: int) -> Iterator[list[T]]:
@@ -298,11 +301,29 @@ def build_snapshot(
     root = _locate.plate_root(store)
     zarr_format = detect_format(root)
     target = _locate.build_target(root, output)
+    created = not target.parent.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = TempFile(target)
     except OSError as exc:
         raise _write_error(target, root, exc) from exc
+    try:
+        return _build(root, zarr_format, target, temp, progress, workers)
+    except BaseException:
+        if created:  # a failed first build leaves the plate as it was
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
+        raise
+
+
+def _build(
+    root: str,
+    zarr_format: int,
+    target: Path,
+    temp: TempFile,
+    progress: ProgressCallback | None,
+    workers: int | None,
+) -> Path:
     try:
         racy_after, tick = _start_clock(temp, root)
         builder = _Builder(root, zarr_format, racy_after, workers or DEFAULT_WORKERS)
@@ -345,10 +366,8 @@ def build_snapshot(
         with contextlib.suppress(OSError):
             legacy.unlink()
     for leftover in stale_temp_files(target):
-        try:
+        with contextlib.suppress(OSError):
             leftover.unlink()
-        except OSError:
-            pass
     if progress is not None:
         progress("write", 1, 1)
     return target

@@ -74,10 +74,14 @@ def _build(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    progress = Progress(sys.stderr, quiet=args.quiet, bar=None if args.progress is None else args.progress)
+    progress = Progress(
+        sys.stderr, quiet=args.quiet, bar=None if args.progress is None else args.progress
+    )
     start = time.monotonic()
     try:
-        path = build_snapshot(args.store, output=args.output, progress=progress, workers=args.workers)
+        path = build_snapshot(
+            args.store, output=args.output, progress=progress, workers=args.workers
+        )
     finally:
         progress.close()
     if not args.quiet:
@@ -133,7 +137,9 @@ def _verify(args: argparse.Namespace) -> int:
 
     progress = Progress(sys.stderr, quiet=args.quiet)
     try:
-        report = verify(args.store, snapshot=args.snapshot, reread=not args.no_reread, progress=progress)
+        report = verify(
+            args.store, snapshot=args.snapshot, reread=not args.no_reread, progress=progress
+        )
     finally:
         progress.close()
     print(report)
@@ -146,7 +152,9 @@ def _demo(args: argparse.Namespace) -> int:
     for name in ("rows", "columns", "fields"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
-    return run_demo(args.dir, rows=args.rows, columns=args.columns, fields=args.fields, ngff=args.ngff)
+    return run_demo(
+        args.dir, rows=args.rows, columns=args.columns, fields=args.fields, ngff=args.ngff
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -165,7 +173,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what snapmeta does (stderr)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    b = sub.add_parser("build", help="read and validate the plate's metadata and write its snapshot")
+    b = sub.add_parser(
+        "build", help="read and validate the plate's metadata and write its snapshot"
+    )
     b.add_argument("store", help="the plate: a directory, or a file:// URL")
     b.add_argument(
         "-o",
@@ -178,11 +188,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, metavar="N", help="threads reading documents")
     bar = b.add_mutually_exclusive_group()
     bar.add_argument(
-        "--progress", dest="progress", action="store_true", default=None,
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
         help="show a progress bar even when stderr is not a terminal",
     )
     bar.add_argument(
-        "--no-progress", dest="progress", action="store_false",
+        "--no-progress",
+        dest="progress",
+        action="store_false",
         help="periodic progress lines instead of a bar",
     )
     b.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -206,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check the snapshot completely against the plate")
     with_snapshot(v)
     v.add_argument(
-        "--no-reread", action="store_true",
+        "--no-reread",
+        action="store_true",
         help="check checksums and document digests only, without re-reading the plate",
     )
     v.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -216,7 +232,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--rows", type=int, default=8, help="rows of the plate (default 8)")
     d.add_argument("--columns", type=int, default=12, help="columns of the plate (default 12)")
     d.add_argument("--fields", type=int, default=1, help="fields of view per well (default 1)")
-    d.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5", help="NGFF version (default 0.5)")
+    d.add_argument(
+        "--ngff", choices=["0.4", "0.5"], default="0.5", help="NGFF version (default 0.5)"
+    )
     d.set_defaults(run=_demo)
     return p
 

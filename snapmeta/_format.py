@@ -32,6 +32,7 @@ NO_SLOT: Final = 0
 JSON: TypeAlias = Any
 Ref: TypeAlias = int | None
 
+
 # Node-sized sections first, the small shared ones last: they end next to the
 # footer, so one read from the end of the file gets all of them.
 def _section(name: str, item: pa.DataType) -> pa.Field:
@@ -126,9 +127,10 @@ def _default(value: Any) -> Any:
 def pack(value: Any) -> bytes:
     """MessagePack: smallest integer forms, float64 for every float, str for text."""
     try:
-        return msgpack.packb(value, use_bin_type=True, default=_default)
+        packed = msgpack.packb(value, use_bin_type=True, default=_default)
     except OverflowError:  # msgpack raises this itself for big ints in some paths
-        return msgpack.packb(_big_ints(value), use_bin_type=True, default=_default)
+        packed = msgpack.packb(_big_ints(value), use_bin_type=True, default=_default)
+    return bytes(packed)
 
 
 def _big_ints(value: Any) -> Any:
@@ -144,9 +146,7 @@ def _big_ints(value: Any) -> Any:
 
 
 def unpack(data: bytes | memoryview) -> Any:
-    return msgpack.unpackb(
-        data, raw=False, strict_map_key=True, ext_hook=_ext_hook
-    )
+    return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_ext_hook)
 
 
 def seal(name: str, payload: bytes) -> bytes:
@@ -190,7 +190,9 @@ def _ref(value: Any, section: str, index: int | None, what: str, leaves: int) ->
     return value
 
 
-def _list(value: Any, section: str, index: int | None, what: str, size: int | None = None) -> list:
+def _list(
+    value: Any, section: str, index: int | None, what: str, size: int | None = None
+) -> list[Any]:
     if type(value) is not list or (size is not None and len(value) != size):
         expected = "a list" if size is None else f"a list of {size}"
         raise FormatError(section, index, f"{what}: expected {expected}")
@@ -333,7 +335,8 @@ def make_patch(defaults: Sequence[Any], leaves: Sequence[Any]) -> dict[int, Any]
         raise ValueError("leaves do not match the template")
     if [type(v) for v in defaults] == [type(v) for v in leaves] and list(defaults) == list(leaves):
         return {}  # equal (a NaN never compares equal, so it takes the long way)
-    return {i: v for i, (d, v) in enumerate(zip(defaults, leaves)) if not same_leaf(d, v)}
+    pairs = enumerate(zip(defaults, leaves, strict=True))
+    return {i: v for i, (d, v) in pairs if not same_leaf(d, v)}
 
 
 def encode_patch(patch: Mapping[int, Any]) -> list[Any]:
@@ -438,7 +441,9 @@ def decode_image(
         level_path = _ref(path, s, index, "level path", n)
         if level_path is None:
             raise FormatError(s, index, "level path: missing")
-        decoded_levels.append(Level(level_path, array, span(lscale, "scale"), span(ltrans, "translation")))
+        decoded_levels.append(
+            Level(level_path, array, span(lscale, "scale"), span(ltrans, "translation"))
+        )
     if not decoded_levels:
         raise FormatError(s, index, "an image has one level at least")
     return Image(
@@ -469,7 +474,12 @@ class PositionRecord:
 
 def encode_well(record: WellRecord, base: int) -> bytes:
     return pack(
-        [record.template, encode_patch(record.patch), record.count, encode_documents(record.documents, base)]
+        [
+            record.template,
+            encode_patch(record.patch),
+            record.count,
+            encode_documents(record.documents, base),
+        ]
     )
 
 

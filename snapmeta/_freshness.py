@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import _format as fmt
-from ._fsio import UnreadableFileError, read_regular, resolves_inside
+from ._fsio import read_regular, resolves_inside
 from .errors import SnapshotStaleWarning, StaleSnapshotError
 
 Check = Literal["none", "stat", "digest"]
@@ -92,9 +92,7 @@ _confirmed_lock = threading.Lock()
 
 
 def _probe_result(st: os.stat_result) -> Probe:
-    return Probe(
-        st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, not stat.S_ISREG(st.st_mode)
-    )
+    return Probe(st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, not stat.S_ISREG(st.st_mode))
 
 
 def stat_local(root: str, relpath: str) -> Probe:
@@ -123,7 +121,7 @@ def unchanged(
 ) -> bool:
     """Whether a document whose stat gave ``found`` still matches ``fp``."""
     if fp is None:
-        return found is MISSING or found.size == -1 and not found.special
+        return found is MISSING or (found.size == -1 and not found.special)
     if found.special or found.size != fp.size:
         return False
     if check == "stat" and found.mtime_ns == fp.mtime_ns:
@@ -217,11 +215,7 @@ def changed_documents(
             except OSError:
                 changed.append(rel)
                 continue
-            if (
-                st.st_size == fp.size
-                and st.st_mtime_ns == fp.mtime_ns
-                and stat.S_ISREG(st.st_mode)
-            ):
+            if st.st_size == fp.size and st.st_mtime_ns == fp.mtime_ns and stat.S_ISREG(st.st_mode):
                 continue
             found = stat_local(root, rel) if stat.S_ISLNK(st.st_mode) else _probe_result(st)
         else:

@@ -83,14 +83,18 @@ def read_regular(
             try:
                 chunk = os.read(fd, min(remaining, 1 << 20))
             except OSError as exc:
-                raise UnreadableFileError(exc.errno, f"cannot read ({exc.strerror})", str(path))
+                raise UnreadableFileError(
+                    exc.errno, f"cannot read ({exc.strerror})", str(path)
+                ) from exc
             if not chunk:
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
         data = b"".join(chunks)
         if len(data) > limit:
-            raise UnreadableFileError(errno.EFBIG, f"more than the {limit} bytes allowed", str(path))
+            raise UnreadableFileError(
+                errno.EFBIG, f"more than the {limit} bytes allowed", str(path)
+            )
         return data, st
     finally:
         os.close(fd)

@@ -109,13 +109,14 @@ def snapshot_dir_from_env() -> str | None:
 def snapshot_candidates(root: str, snapshot: str | os.PathLike[str] | None = None) -> list[str]:
     """Where to look for the snapshot of ``root``, in order.
 
-    An explicit ``snapshot`` (a file, or a directory of snapshots) comes
-    first and alone; otherwise the snapshot directory of the environment,
-    then the plate itself.
+    An explicit ``snapshot`` comes first and alone: a file if it exists as
+    one or ends in ``.arrow``, else a directory of snapshots. Otherwise the
+    snapshot directory of the environment, then the plate itself.
     """
     if snapshot is not None:
         path = os.path.abspath(os.fspath(snapshot))
-        if os.path.isdir(path):
+        # a directory of snapshots unless it names a file (existing, or *.arrow)
+        if os.path.isdir(path) or not (path.endswith(".arrow") or os.path.isfile(path)):
             return [os.path.join(path, external_name(root))]
         return [path]
     found = []

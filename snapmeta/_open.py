@@ -11,8 +11,10 @@ its JSON documents instead (a source switch), with a warning.
 
 from __future__ import annotations
 
-import math
+import functools
 import os
+import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,13 +23,13 @@ import zarr
 
 from . import _arrays, _locate, _reader
 from ._freshness import Check, OnStale, Policy, Walk, changed_documents, store_is_slow
-from ._reader import SnapshotReader
-from ._sources import JsonSource, PlateMeta, PositionMeta, SnapshotSource, WellMeta, not_found
+from ._sources import JsonSource, PositionMeta, SnapshotSource, WellMeta, not_found
 from .errors import (
     ChannelNotFoundError,
     PositionNotFoundError,
     SnapshotFormatError,
     SnapshotNotFoundError,
+    SnapshotStaleWarning,
     StaleSnapshotError,
     UnsupportedFormatVersionError,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "Acquisition",
     "ArrayInfo",
     "Axis",
+    "FanOut",
     "Plate",
     "Position",
     "Well",
@@ -179,7 +182,7 @@ def _store(entry_stores: dict[bool, Any], root: str, mode: Mode) -> Any:
 def _check_mode(mode: str) -> Mode:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def _float(value: Any) -> float:
@@ -360,7 +363,9 @@ class Position:
         self._checked |= 1 << i
         return meta
 
-    def _transform(self, meta: PositionMeta, i: int) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
+    def _transform(
+        self, meta: PositionMeta, i: int
+    ) -> tuple[tuple[float, ...], tuple[float, ...] | None]:
         image = meta.image
         ndim = len(image.axes)
         level = image.levels[i]
@@ -374,7 +379,9 @@ class Position:
         t_level = values(level.translation)
         s_global = values(image.scale)
         t_global = values(image.translation)
-        scale = s_level if s_global is None else [a * b for a, b in zip(s_level, s_global, strict=True)]
+        scale = (
+            s_level if s_global is None else [a * b for a, b in zip(s_level, s_global, strict=True)]
+        )
         if t_level is None and t_global is None:
             return tuple(scale), None
         translation = t_level or [0.0] * ndim
@@ -421,8 +428,12 @@ class Position:
 
     # -- data -----------------------------------------------------------------------
 
-    def __getitem__(self, level: str | int) -> zarr.Array:
+    def __getitem__(self, level: str | int) -> zarr.Array[Any]:
         """The zarr array of one level, opened from the snapshot's metadata."""
+        return self._array(level, _arrays.CheckedArray)
+
+    def _array(self, level: str | int, cls: type[_arrays.CheckedArray]) -> zarr.Array[Any]:
+        """The array of ``level`` as an instance of ``cls`` (compat's ImageArray)."""
         i = self._level_index(level)
         meta = self._fresh_level(i)
         array = meta.image.levels[i].array
@@ -437,7 +448,8 @@ class Position:
             _store(self._entry.stores, self._root, self._mode),
             path,
             parsed,
-            recheck=lambda exc: self._recheck(i, exc),
+            recheck=functools.partial(self._recheck, i),
+            cls=cls,
         )
 
     def _recheck(self, i: int, exc: BaseException) -> None:
@@ -457,7 +469,7 @@ class Position:
             ) from exc
 
     @property
-    def data(self) -> zarr.Array:
+    def data(self) -> zarr.Array[Any]:
         """The highest-resolution array (the first dataset)."""
         return self[0]
 
@@ -600,9 +612,7 @@ class Plate:
         return (_reopen_plate, (self._root, self._mode, p.check, p.on_stale, self._snapshot))
 
     def __repr__(self) -> str:
-        count = (
-            self._entry.source.reader.plate.positions if self._json is None else "(from JSON)"
-        )
+        count = self._entry.source.reader.plate.positions if self._json is None else "(from JSON)"
         return f"<snapmeta.Plate {self._root!r}: {count} positions>"
 
     def __enter__(self) -> Plate:
@@ -696,7 +706,8 @@ class Plate:
                 changed=(plate.root_document,),
             )
         doc = json.loads(data)
-        return doc.get("attributes", {}) if plate.zarr_format == 3 else doc
+        attrs = doc.get("attributes", {}) if plate.zarr_format == 3 else doc
+        return dict(attrs)
 
     # -- structure -----------------------------------------------------------------------
 
@@ -788,17 +799,31 @@ class Plate:
     def _resolve(self, key: str, kind: str | None) -> PositionMeta | WellMeta:
         """The record of ``key`` from the current source, its documents checked."""
         depth = key.count("/")
-        if depth not in (1, 2) or (kind == "well" and depth != 1) or (kind == "position" and depth != 2):
+        if (
+            depth not in (1, 2)
+            or (kind == "well" and depth != 1)
+            or (kind == "position" and depth != 2)
+        ):
             raise self._not_found(key)
         if self._json is None:
             walk = self._entry.walk()
             found = _from_snapshot(self._root, self._entry.source, key, self._policy, walk)
-            if isinstance(found, (PositionMeta, WellMeta)):
+            if isinstance(found, PositionMeta | WellMeta):
                 if isinstance(found, PositionMeta):
                     self._last_walk = walk
                 return found
-            if found is not None:  # a structural document changed
-                self._switch_to_json(found, f"{key} and the plate layout are read from JSON")
+            if isinstance(found, _Changed) and not found.structural:
+                self._policy.stale(
+                    self._root,
+                    found.documents,
+                    f"{key} is read from its JSON documents",
+                    stacklevel=5,
+                )
+                return _json_position(self._root, self._plate.zarr_format, key)
+            if found is not None:
+                self._switch_to_json(
+                    found.documents, f"{key} and the plate layout are read from JSON"
+                )
         if self._json is None:
             raise self._not_found(key)
         meta = self._json.well(key) if depth == 1 else self._json.position(key)
@@ -808,10 +833,20 @@ class Plate:
 
     def _not_found(self, key: str) -> PositionNotFoundError:
         try:
-            candidates = self._json.paths() if self._json is not None else self._entry.source.paths()
+            candidates = (
+                self._json.paths() if self._json is not None else self._entry.source.paths()
+            )
         except SnapshotFormatError:
             candidates = []
         return not_found(self._root, key, candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class _Changed:
+    """Documents found changed; ``structural`` when the plate's layout depends on them."""
+
+    documents: list[str]
+    structural: bool
 
 
 def _from_snapshot(
@@ -821,12 +856,11 @@ def _from_snapshot(
     policy: Policy,
     walk: Walk | None,
     extra: tuple[list[str], list[Any]] = ([], []),
-) -> PositionMeta | WellMeta | list[str] | None:
-    """``key``'s checked record; the changed structural documents if any; or None.
+) -> PositionMeta | WellMeta | _Changed | None:
+    """``key``'s checked record, the documents found changed, or None (not in the plate).
 
     ``extra`` documents (the root's, for ``open_position``) are checked in the
-    same round. A position whose own documents changed is read from JSON
-    here (with a warning), since that does not change the plate's structure.
+    same round.
     """
     found = source.find(key)
     depth = key.count("/")
@@ -836,14 +870,15 @@ def _from_snapshot(
         # after the build shows as a changed well document.
         well_key = key.rpartition("/")[0] if depth == 2 else None
         well_found = source.find(well_key) if well_key else None
-        docs, fps = list(extra_docs), list(extra_fps)
+        docs: list[str] = list(extra_docs)
+        fps: list[Any] = list(extra_fps)
         if well_found is not None:
             well = source.well(well_key, *well_found)  # type: ignore[arg-type]
             docs += well.documents
             fps += well.fingerprints
         changed = changed_documents(root, docs, fps, policy.check, source.reader.digest, walk=walk)
         if changed:
-            return changed
+            return _Changed(changed, True)
         source.reader.check_sections()  # a damaged lookup must not pass for a miss
         return None
     index, payload = found
@@ -857,9 +892,10 @@ def _from_snapshot(
             well.digest_of,
             walk=walk,
         )
-        return changed or well
+        return _Changed(changed, True) if changed else well
     meta = source.position(key, index, payload)
-    docs, fps = meta.structure_documents()
+    docs, own_fps = meta.structure_documents()
+    fps = list(own_fps)
     if walk is not None:
         # Level 0's documents in the same round, not waited for: nearly every
         # caller opens level 0 next, and then finds them checked already.
@@ -870,16 +906,94 @@ def _from_snapshot(
     )
     if not changed:
         return meta
-    if extra_docs and extra_docs[0] in changed or docs[0] in changed:
-        return changed  # the root's or the well's document: the plate's structure changed
-    policy.stale(root, changed, f"{key} is read from its JSON documents", stacklevel=6)
-    return _json_position(root, meta.zarr_format, key)
+    # the root's or the well's document: the plate's layout may have changed
+    return _Changed(changed, any(d in changed for d in (*extra_docs, docs[0])))
 
 
 def _reopen_plate(
     root: str, mode: Mode, check: Check, on_stale: OnStale, snapshot: str | None
 ) -> Plate:
     return open_plate(root, mode=mode, check=check, on_stale=on_stale, snapshot=snapshot)
+
+
+# ---------------------------------------------------------------------------
+# fan-out
+
+
+_identity_seen: dict[str, tuple[int, tuple[int, int, int, int]]] = {}
+# A worker re-checks the snapshot's identity at most this often.
+FAN_OUT_RECHECK_NS = 1_000_000_000
+
+
+class FanOut:
+    """A plate verified once by a parent, for workers that trust it (see
+    :meth:`Plate.fan_out`).
+
+    ``fan_out.open_position(path)`` skips every per-document check: it costs
+    at most one ``stat``, of the snapshot file, at most once a second per
+    process. If the snapshot was rebuilt since the verification (so the plate
+    changed), the open checks the position's documents as
+    :func:`open_position` does, with a warning. Any other change to the plate
+    during the fan-out is *not* detected: fan out only while the plate is not
+    being written. Pickles as a few strings and numbers.
+    """
+
+    __slots__ = ("identity", "mode", "root", "snapshot", "snapshot_path")
+
+    def __init__(
+        self,
+        root: str,
+        snapshot_path: str,
+        identity: tuple[int, int, int, int],
+        mode: Mode,
+        snapshot: str | None,
+    ) -> None:
+        self.root = root
+        self.snapshot_path = snapshot_path
+        self.identity = identity
+        self.mode = mode
+        self.snapshot = snapshot
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FanOut, (self.root, self.snapshot_path, self.identity, self.mode, self.snapshot))
+
+    def __repr__(self) -> str:
+        return f"<snapmeta.FanOut {self.root!r}>"
+
+    def _snapshot_unchanged(self) -> bool:
+        now = time.monotonic_ns()
+        seen = _identity_seen.get(self.snapshot_path)
+        if seen is None or now - seen[0] > FAN_OUT_RECHECK_NS:
+            try:
+                st = os.stat(self.snapshot_path)
+                identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            except OSError:
+                identity = (0, 0, 0, 0)
+            seen = _identity_seen[self.snapshot_path] = (now, identity)
+        return seen[1] == self.identity
+
+    def open_position(self, path: str, *, mode: Mode | None = None) -> Position:
+        """Open one position without checking its documents (see the class)."""
+        mode = self.mode if mode is None else _check_mode(mode)
+        if not self._snapshot_unchanged():
+            warnings.warn(
+                f"the snapshot of {self.root} changed since the fan-out was verified; "
+                f"{path} is checked document by document",
+                SnapshotStaleWarning,
+                stacklevel=2,
+            )
+            return open_position(self.root, path, mode=mode, snapshot=self.snapshot)
+        entry = _locate_snapshot(self.root, self.snapshot, refresh=False)
+        if entry.source.reader.identity != self.identity:
+            entry = _locate_snapshot(self.root, self.snapshot, refresh=True)
+            if entry.source.reader.identity != self.identity:
+                return open_position(self.root, path, mode=mode, snapshot=self.snapshot)
+        key = path.strip("/")
+        found = entry.source.find(key) if key.count("/") == 2 else None
+        if found is None:
+            raise not_found(self.root, key, entry.source.paths())
+        meta = entry.source.position(key, *found)
+        return Position(self.root, meta, entry, mode, _policy("none", "raise"), self.snapshot)
 
 
 # ---------------------------------------------------------------------------
@@ -948,7 +1062,11 @@ def open_position(
     if mode not in MODES:
         _check_mode(mode)
     policy = _POLICIES.get((check, on_stale)) or _policy(check, on_stale)
-    root = os.path.abspath(store) if type(store) is str and "://" not in store else _locate.plate_root(store)
+    root = (
+        os.path.abspath(store)
+        if type(store) is str and "://" not in store
+        else _locate.plate_root(store)
+    )
     if type(path) is not str:
         raise TypeError(f"position paths are strings like 'B/3/0', not {type(path).__name__}")
     key = path.strip("/")
@@ -971,5 +1089,10 @@ def open_position(
         if fresh.source.reader is not source.reader and attempt < 2:
             entry = fresh
             continue
+        if isinstance(found, _Changed) and not found.structural:
+            policy.stale(root, found.documents, f"{key} is read from its JSON documents")
+            return Position(
+                root, _json_position(root, plate.zarr_format, key), entry, mode, policy, snap
+            )
         break
     return open_plate(root, mode=mode, check=check, on_stale=on_stale, snapshot=snap)[key]

@@ -14,6 +14,7 @@ snapshot (``os.replace`` gives it a new inode) is mapped anew.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import sys
@@ -21,7 +22,7 @@ import threading
 import zlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -45,7 +46,9 @@ if sys.byteorder != "little":  # the format is little-endian; views below assume
     raise ImportError("snapmeta reads snapshots on little-endian machines only")
 
 
-def _corrupt(path: str, reason: str, section: str | None = None, index: int | None = None):
+def _corrupt(
+    path: str, reason: str, section: str | None = None, index: int | None = None
+) -> SnapshotCorruptError:
     return SnapshotCorruptError(
         f"snapshot {path} is corrupt: {reason}; rebuild it with `snapmeta build`",
         snapshot=path,
@@ -76,7 +79,9 @@ class _Entries:
         return self.data[start:end]
 
 
-def _view(buffer: pa.Buffer | None, code: str, count: int, name: str, path: str) -> memoryview:
+def _view(
+    buffer: pa.Buffer | None, code: Literal["i", "I", "B"], count: int, name: str, path: str
+) -> memoryview:
     size = {"i": 4, "I": 4, "B": 1}[code] * count
     if buffer is None or buffer.size < size:
         raise _corrupt(path, f"{name}: buffer too short", name)
@@ -176,12 +181,10 @@ class SnapshotReader:
                 raise _corrupt(self.path, f"{section}[{index}]: out of range", section, index)
             raw = entries.raw(index, self.path)
             found = self._decode(
-                lambda: decode(
-                    fmt.open_entry(fmt.entry_name(section, index), raw, section, index)
-                )
+                lambda: decode(fmt.open_entry(fmt.entry_name(section, index), raw, section, index))
             )
             self._cache[key] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
     # -- shared entries ----------------------------------------------------------------
 
@@ -280,7 +283,9 @@ class SnapshotReader:
         try:
             return fmt.unpack(payload)
         except Exception as exc:
-            raise _corrupt(self.path, f"nodes[{index}]: undecodable record", "nodes", index) from exc
+            raise _corrupt(
+                self.path, f"nodes[{index}]: undecodable record", "nodes", index
+            ) from exc
 
     def well(self, index: int, payload: memoryview) -> fmt.WellRecord:
         value = self.unpack(payload, index)
@@ -298,7 +303,7 @@ class SnapshotReader:
     def position(self, index: int, payload: memoryview) -> tuple[fmt.PositionRecord, fmt.Image]:
         value = self.unpack(payload, index)
         try:
-            image_index, patch, acquisition, docs = fmt.decode_position(
+            image_index, raw_patch, acquisition, docs = fmt.decode_position(
                 value,
                 index,
                 self.plate.mtime_base,
@@ -308,10 +313,11 @@ class SnapshotReader:
             image = self._cache.get(("images", image_index)) or self.image(image_index)
             if len(docs) != fmt.position_documents(self.plate.zarr_format, len(image.levels)):
                 raise fmt.FormatError("nodes", index, "document count does not match the levels")
-            if patch:
-                patch = fmt.decode_patch(patch, self.leaf_count(image.template), "nodes", index)
-            else:
-                patch = _EMPTY
+            patch = (
+                fmt.decode_patch(raw_patch, self.leaf_count(image.template), "nodes", index)
+                if raw_patch
+                else _EMPTY
+            )
             return fmt.PositionRecord(image_index, patch, acquisition, docs), image
         except fmt.FormatError as exc:
             raise _corrupt(self.path, str(exc), exc.section, exc.index) from exc
@@ -363,10 +369,8 @@ class SnapshotReader:
     def __del__(self) -> None:
         fd = getattr(self, "_fd", -1)
         if fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def _check_version(path: str, schema: pa.Schema) -> None:

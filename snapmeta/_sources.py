@@ -17,7 +17,13 @@ from typing import Any
 from . import _format as fmt
 from ._fsio import UnsafePathError, check_relative
 from ._reader import SnapshotReader
-from .errors import NotAPlateError, PlateValidationError, PositionNotFoundError, Problem
+from .errors import (
+    NotAPlateError,
+    PlateValidationError,
+    PositionNotFoundError,
+    Problem,
+    SnapshotCorruptError,
+)
 
 
 def _doc_names(zarr_format: int) -> tuple[str, tuple[str, ...]]:
@@ -207,10 +213,15 @@ class SnapshotSource:
         return self.reader.paths()
 
 
-def reader_corrupt(reader: SnapshotReader, index: int, reason: str) -> Exception:
-    from ._reader import _corrupt
-
-    return _corrupt(reader.path, f"nodes[{index}]: {reason}", "nodes", index)
+def reader_corrupt(reader: SnapshotReader, index: int, reason: str) -> SnapshotCorruptError:
+    return SnapshotCorruptError(
+        f"snapshot {reader.path} is corrupt: nodes[{index}]: {reason}; rebuild it with "
+        "`snapmeta build`",
+        snapshot=reader.path,
+        reason=reason,
+        section="nodes",
+        index=index,
+    )
 
 
 class JsonSource:
@@ -237,7 +248,9 @@ class JsonSource:
             raise _invalid(root, problems)
         self._wells: dict[str, Any] = {}
 
-    def _digests(self, docs: Sequence[Any]) -> tuple[tuple[fmt.Fingerprint | None, ...], Callable[[int], bytes]]:
+    def _digests(
+        self, docs: Sequence[Any]
+    ) -> tuple[tuple[fmt.Fingerprint | None, ...], Callable[[int], bytes]]:
         digests = [d.digest for d in docs]
         fps = tuple(
             None if d.data is None else fmt.Fingerprint(d.size, d.mtime_ns, i)
@@ -340,7 +353,9 @@ def _invalid(root: str, problems: Sequence[Problem]) -> PlateValidationError:
 
 
 def not_found(root: str, key: str, candidates: Sequence[str]) -> PositionNotFoundError:
-    near = tuple(difflib.get_close_matches(key, candidates, n=3)) if len(candidates) < 200_000 else ()
+    near = (
+        tuple(difflib.get_close_matches(key, candidates, n=3)) if len(candidates) < 200_000 else ()
+    )
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     return PositionNotFoundError(
         f"no {'well' if key.count('/') == 1 else 'position'} {key!r} in plate {root}{hint}",

@@ -16,7 +16,7 @@ from typing import Any
 from . import _format as fmt
 from . import _locate, _reader
 from ._freshness import changed_documents
-from ._sources import JsonSource, PositionMeta, SnapshotSource, WellMeta
+from ._sources import JsonSource, PositionMeta, SnapshotSource
 from .errors import SnapmetaError
 
 __all__ = ["VerifyReport", "verify"]
@@ -101,14 +101,14 @@ def verify(
         reader = _reader.open_file(path)
         source = SnapshotSource(reader)
         _check_whole(root, reader, source, report, progress)
-    except SnapmetaError as exc:
+    except SnapmetaError as exc:  # damaged: nothing it says can be compared
         report.problems.append(str(exc))
         return report
     if _locate.is_external(root, path) and reader.plate.location != root:
         report.problems.append(
             f"the snapshot was built for {reader.plate.location}, not for {root}"
         )
-    if reread and not report.problems:
+    if reread:
         _reread(root, reader, source, report, progress)
     return report
 
@@ -149,8 +149,11 @@ def _check_whole(
     report.positions = len(paths) - well_count
     if report.wells != reader.plate.wells or report.positions != reader.plate.positions:
         report.problems.append("the node counts differ from the plate entry")
-    report.documents = len(docs)
-    for changed in changed_documents(root, docs, fps, "digest", reader.digest):
+    unique = dict(zip(docs, fps, strict=True))  # a position lists its well's document too
+    report.documents = len(unique)
+    for changed in changed_documents(
+        root, list(unique), list(unique.values()), "digest", reader.digest
+    ):
         report.problems.append(f"stale: {changed} changed since the snapshot was built")
 
 
@@ -205,7 +208,9 @@ def _reread(
             else:
                 ours_p = source.position(path, *found)
                 theirs_p = fresh.position(path)
-                if theirs_p is None or not _same(_position_facts(ours_p), _position_facts(theirs_p)):
+                if theirs_p is None or not _same(
+                    _position_facts(ours_p), _position_facts(theirs_p)
+                ):
                     report.problems.append(f"stale: position {path} differs from its documents")
         except SnapmetaError as exc:
             report.problems.append(f"{path}: {exc}")

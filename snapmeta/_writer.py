@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 import zlib
-from array import array
+from array import array as IntArray
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,9 @@ class TempFile:
 
     def __init__(self, target: Path) -> None:
         self.target = target
-        self.path = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+        self.path = target.with_name(
+            f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}"
+        )
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def mtime_ns(self) -> int:
@@ -102,6 +104,7 @@ def write_array_node(array_dir: Path, zarr_format: int, size: int) -> None:
             "Arrow IPC file; rebuild it with `snapmeta build`",
         }
     }
+    docs: dict[str, dict[str, Any]]
     if zarr_format == 3:
         docs = {
             "zarr.json": {
@@ -166,7 +169,7 @@ class _Section:
     def __init__(self, name: str) -> None:
         self.name = name
         self.data = bytearray()
-        self.offsets = array("i", [0])
+        self.offsets = IntArray("i", [0])
 
     def append(self, value: bytes) -> int:
         if len(self.data) + len(value) > _MAX_SECTION:
@@ -219,7 +222,7 @@ class SnapshotWriter:
         self.mtime_base = mtime_base
         self._paths = _Section("paths")
         self._nodes = _Section("nodes")
-        self._hashes = array("I")
+        self._hashes = IntArray("I")
         self._paths_crc = 0
         self._contents: dict[bytes, int] = {}
         self._arrays = _Shared("arrays")
@@ -237,7 +240,7 @@ class SnapshotWriter:
             raise ValueError("a content digest has 16 bytes")
         return self._contents.setdefault(digest, len(self._contents))
 
-    def array(self, document: Mapping[str, Any]) -> int:
+    def array_document(self, document: Mapping[str, Any]) -> int:
         return self._arrays.add(fmt.pack(dict(document)))
 
     def template(self, value: Any) -> tuple[int, dict[int, Any]]:
@@ -281,9 +284,9 @@ class SnapshotWriter:
 
     # -- output --------------------------------------------------------------------------
 
-    def _lookup(self) -> array:
+    def _lookup(self) -> IntArray[int]:
         capacity = fmt.lookup_capacity(len(self._hashes))
-        slots = array("I", bytes(4 * capacity))
+        slots = IntArray("I", bytes(4 * capacity))
         mask = capacity - 1
         for node, h in enumerate(self._hashes):
             slot = h & mask
@@ -310,7 +313,7 @@ class SnapshotWriter:
 
         def one_row(values: pa.Array) -> pa.Array:
             offsets = pa.Array.from_buffers(
-                pa.int32(), 2, [None, pa.py_buffer(array("i", [0, len(values)]))]
+                pa.int32(), 2, [None, pa.py_buffer(IntArray("i", [0, len(values)]))]
             )
             return pa.ListArray.from_arrays(
                 offsets, values, type=pa.list_(pa.field("item", values.type, nullable=False))

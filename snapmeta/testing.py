@@ -7,8 +7,9 @@ or to test code that reads plates, without a microscope::
     from snapmeta.testing import write_plate
     write_plate("demo.ome.zarr", rows=8, columns=12, fields=2, ngff="0.4")
 
-It is used by ``snapmeta demo``, snapmeta's own tests and its benchmarks. Creating that many groups and
-arrays through zarr's hierarchy API costs several milliseconds per node, so
+It is used by ``snapmeta demo``, snapmeta's own tests and its benchmarks.
+Creating that many groups and arrays through zarr's hierarchy API costs
+several milliseconds per node, so
 the metadata documents are serialised here once per distinct shape and then
 written with plain file writes. Chunk data, when requested, is still written
 through zarr so that the encoded bytes are exactly what zarr would produce.
@@ -36,6 +37,7 @@ __all__ = ["DEFAULT_CHANNEL_NAMES", "VOXEL_SIZE", "row_name", "write_plate"]
 
 def __dir__() -> list[str]:
     return __all__
+
 
 #: Channel names used when ``channel_names`` is not given; extended with
 #: ``"Channel<i>"`` when the channel axis is longer.

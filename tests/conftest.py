@@ -29,7 +29,7 @@ def forkserver_context() -> Any:
     if _FORKSERVER is None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(
-            ["snapmeta", "snapmeta._build", "snapmeta._validate", "zarr", "pyarrow"]
+            ["snapmeta", "snapmeta._build", "snapmeta._ngff", "zarr", "pyarrow"]
         )
         _FORKSERVER = ctx
     return _FORKSERVER
@@ -41,6 +41,13 @@ def _fresh_process_cache():
     clear_cache()
     yield
     clear_cache()
+
+
+def snapshot_file(store: Path) -> Path:
+    """The in-store snapshot file of ``store`` (the chunk of its ``.snapmeta`` array)."""
+    from snapmeta._locate import IN_STORE_NAME
+
+    return Path(store) / IN_STORE_NAME
 
 
 def node_attributes(store: Path, node: str, zarr_format: int) -> dict[str, Any]:

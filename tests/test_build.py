@@ -10,7 +10,7 @@ import pytest
 
 import snapmeta
 from snapmeta import NotAPlateError, PlateValidationError
-from snapmeta._format import SNAPSHOT_NAME
+from snapmeta._locate import IN_STORE_ARRAY, IN_STORE_NAME
 from snapmeta.testing import write_plate
 
 
@@ -53,7 +53,7 @@ def test_all_problems_reported_with_locations(store):
     assert f"A/1/0/{doc}: multiscales[0].axes[2].type" in text
     assert f"B/2/1/{doc}: multiscales[0].datasets[0].coordinateTransformations[0].scale" in text
     assert "A/2/1" in text and "missing on disk" in text
-    assert not (store / SNAPSHOT_NAME).exists()
+    assert not (store / IN_STORE_ARRAY).exists()
 
 
 def test_plate_level_problems(store):
@@ -88,9 +88,9 @@ def test_progress_reports_every_stage(store):
     snapmeta.build_snapshot(
         store, progress=lambda stage, done, total: calls.append((stage, done, total))
     )
+    assert calls[0] == ("wells", 0, 4)
     assert ("wells", 4, 4) in calls
-    assert ("positions", 8, 8) in calls
-    assert calls[-1] == ("write", 1, 1)
+    assert calls[-2:] == [("write", 0, 1), ("write", 1, 1)]
 
 
 def test_build_changes_nothing_but_the_snapshot(store):
@@ -104,15 +104,19 @@ def test_build_changes_nothing_but_the_snapshot(store):
     before = tree()
     snapmeta.build_snapshot(store)
     after = tree()
-    assert set(after) - set(before) == {SNAPSHOT_NAME}
-    assert {k: v for k, v in after.items() if k != SNAPSHOT_NAME} == before
-    assert not list(store.glob(f"{SNAPSHOT_NAME}.*"))  # no temp file left
+    v3 = (store / "zarr.json").exists()
+    array_docs = {"zarr.json"} if v3 else {".zarray", ".zattrs"}
+    added = {f"{IN_STORE_ARRAY}/{name}" for name in array_docs} | {IN_STORE_NAME}
+    assert set(after) - set(before) == added
+    assert {k: v for k, v in after.items() if k not in added} == before
+    assert not [p for p in (store / IN_STORE_ARRAY).iterdir() if p.suffix == ".tmp"]
 
 
 def test_old_temp_files_are_cleaned(store):
-    leftover = store / f"{SNAPSHOT_NAME}.123.deadbeef.tmp"
+    (store / IN_STORE_ARRAY).mkdir()
+    leftover = store / f"{IN_STORE_NAME}.123.deadbeef.tmp"
     leftover.write_bytes(b"partial")
-    young = store / f"{SNAPSHOT_NAME}.456.cafe.tmp"
+    young = store / f"{IN_STORE_NAME}.456.cafe.tmp"
     young.write_bytes(b"maybe a concurrent build")
     os.utime(leftover, (1, 1))
     snapmeta.build_snapshot(store)
@@ -121,12 +125,15 @@ def test_old_temp_files_are_cleaned(store):
     assert len(snapmeta.open_plate(store)) == 8
 
 
-def test_large_attributes_stay_out_of_the_snapshot(store):
-    big = {"instrument": "x" * 3_000_000, "values": list(range(1000))}
-    _edit(store, "A/1/0", lambda o: o.update(vendor=big))
+def test_shared_attributes_are_stored_once(store):
+    """A large attribute value that every position shares costs its size once."""
+    big = {"instrument": "x" * 1_000_000, "values": list(range(1000))}
+    for well in ("A/1", "A/2", "B/1", "B/2"):
+        for field in ("0", "1"):
+            _edit(store, f"{well}/{field}", lambda o: o.update(vendor=big))
     path = snapmeta.build_snapshot(store)
-    assert path.stat().st_size < 1_000_000
-    pos = snapmeta.open_position(store, "A/1/0")
+    assert 1_000_000 < path.stat().st_size < 1_200_000  # 8 positions, stored once
+    pos = snapmeta.open_position(store, "B/2/1")
     ome = pos.attrs.get("ome", pos.attrs)
     assert ome["vendor"] == big
     assert pos.channel_names == ("DAPI", "GFP")

@@ -22,8 +22,11 @@ import pytest
 import zarr
 
 import snapmeta
-from snapmeta import compat
 from snapmeta.testing import write_plate
+
+compat = pytest.importorskip("snapmeta.compat", reason="snapmeta.compat needs iohub")
+
+from conftest import snapshot_file  # noqa: E402
 
 ROWS, COLUMNS = 8, 12  # 96 positions
 SHAPE = (1, 2, 2, 32, 32)
@@ -82,7 +85,7 @@ def copy_position(src: compat.Position, dst: compat.Position) -> dict[str, Any]:
         "channels": channels,
         "pid": os.getpid(),
         # snapshots this worker process mapped for itself (they did not travel)
-        "mapped": sorted(snapmeta._open._cache),
+        "mapped": sorted(entry.path for entry in snapmeta._open._entries.values()),
         "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
     }
 
@@ -99,7 +102,7 @@ def _check(results: list[dict[str, Any]], src_store: Path, dst_store: Path) -> N
     assert all(r["warnings"] == [] for r in results)
     assert all(r["channels"] == ["DAPI", "GFP"] for r in results)
     assert {r["pid"] for r in results}.isdisjoint({os.getpid()})
-    snapshots = {str(src_store / ".snapmeta.arrow"), str(dst_store / ".snapmeta.arrow")}
+    snapshots = {str(snapshot_file(src_store)), str(snapshot_file(dst_store))}
     assert all(snapshots <= set(r["mapped"]) for r in results)
     # every destination position holds its source's data (read with plain zarr)
     paths = {r["path"] for r in results}
@@ -180,7 +183,7 @@ def client():
         n_workers=2,
         processes=True,
         threads_per_worker=1,
-        dashboard_address=None,
+        dashboard_address=":0",
         host="127.0.0.1",
     )
     client = distributed.Client(cluster)

@@ -22,13 +22,13 @@ CASES = [
     (
         errors.SnapshotNotFoundError,
         FileNotFoundError,
-        {"store": "/p", "snapshot": "/p/.snapmeta.arrow"},
+        {"store": "/p", "snapshot": "/p/.snapmeta/0"},
     ),
-    (errors.SnapshotFormatError, ValueError, {"snapshot": "/p/.snapmeta.arrow", "reason": "magic"}),
+    (errors.SnapshotFormatError, ValueError, {"snapshot": "/p/.snapmeta/0", "reason": "magic"}),
     (
         errors.SnapshotCorruptError,
         ValueError,
-        {"snapshot": "/p/.snapmeta.arrow", "reason": "crc", "section": "positions", "index": 3},
+        {"snapshot": "/p/.snapmeta/0", "reason": "crc", "section": "positions", "index": 3},
     ),
     (
         errors.UnsupportedFormatVersionError,
@@ -36,6 +36,11 @@ CASES = [
         {"snapshot": "/s", "reason": "version", "found_version": "9", "supported": (1,)},
     ),
     (errors.StaleSnapshotError, ValueError, {"store": "/p", "changed": ("A/1/0/.zattrs",)}),
+    (
+        errors.SnapshotWriteError,
+        OSError,
+        {"store": "/p", "snapshot": "/p/.snapmeta/0", "reason": "Read-only file system"},
+    ),
     (
         errors.PositionNotFoundError,
         KeyError,
@@ -60,6 +65,16 @@ def test_hierarchy_and_pickling(cls, builtin, fields):
     assert str(clone) == "message text"
     for name, value in fields.items():
         assert getattr(clone, name) == value
+
+
+@pytest.mark.parametrize(("cls", "builtin", "fields"), CASES, ids=[c[0].__name__ for c in CASES])
+def test_fields_are_declared(cls, builtin, fields):
+    assert set(cls.fields) == set(fields)
+    name = next(iter(fields))
+    with pytest.raises(TypeError, match=f"missing field.*{name}"):
+        cls("m", **{k: v for k, v in fields.items() if k != name})
+    with pytest.raises(TypeError, match="unknown field.*colour"):
+        cls("m", colour="red", **fields)
 
 
 def test_every_public_error_is_covered():

@@ -34,9 +34,9 @@ import pytest
 import zarr
 
 import snapmeta
-from snapmeta import _format
-from snapmeta.testing import write_plate
+from conftest import snapshot_file
 from snapmeta.errors import PositionNotFoundError, SnapshotStaleWarning, StaleSnapshotError
+from snapmeta.testing import write_plate
 
 MISSING = "missing"
 LEVELS = ("stat", "digest", "none", "verify")
@@ -330,7 +330,7 @@ CELLS = [
 
 @pytest.mark.parametrize(("change", "level"), CELLS)
 def test_cell(store: Path, change: str, level: str) -> None:
-    snapshot = _format.snapshot_path(store).read_bytes()
+    snapshot = snapshot_file(store).read_bytes()
     probe = CHANGES[change](store)
     if level == "verify":
         report = snapmeta.verify(store)
@@ -355,7 +355,7 @@ def test_cell(store: Path, change: str, level: str) -> None:
         assert probe.read(store, level, "fallback") == probe.new
         assert probe.read(store, level, "raise") == probe.new
     # reads never modify the store or the snapshot
-    assert _format.snapshot_path(store).read_bytes() == snapshot
+    assert snapshot_file(store).read_bytes() == snapshot
 
 
 @pytest.mark.parametrize(

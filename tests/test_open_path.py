@@ -36,7 +36,7 @@ AUDIT = textwrap.dedent(
         "documents": documents,
         "json_parsed": len(parsed),
         "pydantic": "pydantic" in sys.modules,
-        "mapped": len(snapmeta._open._cache),
+        "mapped": len(snapmeta._reader._cache),
         "shapes": shapes,
     }))
     """

@@ -1,4 +1,4 @@
-"""Hostile and odd plates: a faithful snapshot or a PlateValidationError, never a crash.
+"""Hostile and odd plates: a faithful snapshot or a located rejection, never a crash.
 
 Each case starts from a small generated plate, damages or bends it the way
 real plates are damaged (missing and wrong-typed keys, duplicate wells, wells
@@ -10,11 +10,15 @@ either
   independently from its JSON (``json_truth``), and ``verify`` is ok; or
 * raise ``PlateValidationError`` whose ``problems`` list every problem
   planted, each located by document and field (``NotAPlateError`` when the
-  root is not a plate at all).
+  store is not a plate at all, ``SnapshotWriteError`` when the snapshot's
+  place is taken).
 
-Whatever happens, nothing in the store changes except the snapshot file
-(every file, directory and link is hashed with its mtime before and after),
-and a failed build leaves no snapshot and no temp file behind.
+Whatever happens, nothing in the store changes but the snapshot's own array
+``.snapmeta`` (every file, directory and link outside it is hashed with its
+mode, mtime and bytes before and after). A failed build leaves ``.snapmeta``
+exactly as it was (absent if it was absent: an empty ``.snapmeta`` directory
+would make zarr warn about the plate), and a successful one leaves in it the
+chunk and the array document only, no temp file.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import snapshot_file
 
 import snapmeta
-from snapmeta import _format
+from snapmeta.errors import NotAPlateError, PlateValidationError, SnapshotWriteError
 from snapmeta.testing import write_plate
-from snapmeta.errors import NotAPlateError, PlateValidationError
 
 try:
     from test_reliability_corruption import json_truth, position_view
@@ -46,29 +50,48 @@ except ModuleNotFoundError:  # tests/ imported as a package
 # directory, a symlink loop) raising a raw OSError; root attributes ignoring
 # the inline limit.
 
-TALLY = {"faithful": 0, "rejected": 0}
+TALLY = {"faithful": 0, "rejected": 0, "not-a-plate": 0}
+ARRAY_DIR = ".snapmeta"
 
 
 # ---------------------------------------------------------------------------
 # helpers
 
 
-def tree_state(store: Path) -> str:
-    """Hash of every entry of the store but the snapshot: type, link target, bytes, mtime."""
+def _hash_tree(top: Path, *, skip: str | None = None) -> str:
+    """Hash of every entry under ``top``: path, mode, mtime, link target or bytes."""
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(store):
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames.sort()
+        if skip is not None and Path(dirpath) == top and skip in dirnames:
+            dirnames.remove(skip)
         for name in sorted(dirnames + filenames):
-            if name == _format.SNAPSHOT_NAME:
+            if skip is not None and Path(dirpath) == top and name == skip:
                 continue
             path = Path(dirpath) / name
             st = path.lstat()
-            h.update(f"{path.relative_to(store)}\0{st.st_mode}\0{st.st_mtime_ns}\0".encode())
+            h.update(
+                f"{path.relative_to(top)}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0".encode()
+            )
             if path.is_symlink():
                 h.update(os.readlink(path).encode())
             elif path.is_file():
                 h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def tree_state(store: Path) -> str:
+    """The store outside the snapshot's array ``.snapmeta``."""
+    return _hash_tree(store, skip=ARRAY_DIR)
+
+
+def array_state(store: Path) -> str | None:
+    """The snapshot's array ``.snapmeta`` (None when absent)."""
+    top = store / ARRAY_DIR
+    if not os.path.lexists(top):
+        return None
+    st = top.lstat()
+    return f"{st.st_mode}:{_hash_tree(top) if top.is_dir() else ''}"
 
 
 def same(a: Any, b: Any) -> bool:
@@ -103,18 +126,26 @@ def attrs_doc(store: Path, node: str) -> str:
     return f"{node}/{doc_name(store)}" if node else doc_name(store)
 
 
+def array_names(store: Path) -> list[str]:
+    zarr_format = 3 if (store / "zarr.json").exists() else 2
+    return sorted(["0", *((".zarray", ".zattrs") if zarr_format == 2 else ("zarr.json",))])
+
+
 def build(store: Path, **kwargs: Any) -> Exception | None:
-    """Build; checks the store did not change and a failure left no file behind."""
+    """Build; checks the store did not change, and that a failure left ``.snapmeta`` as
+    it was and a success left the chunk and its document in it, nothing else."""
     before = tree_state(store)
-    had_snapshot = _format.snapshot_path(store).exists()
+    array_before = array_state(store)
     try:
         snapmeta.build_snapshot(store, **kwargs)
         error = None
-    except (PlateValidationError, NotAPlateError) as exc:
+    except (PlateValidationError, NotAPlateError, SnapshotWriteError) as exc:
         error = exc
-        assert _format.snapshot_path(store).exists() == had_snapshot
     assert tree_state(store) == before, "the build modified the store"
-    assert _format.stale_temp_files(store) == []
+    if error is not None:
+        assert array_state(store) == array_before, "a failed build changed .snapmeta"
+    else:
+        assert sorted(p.name for p in (store / ARRAY_DIR).iterdir()) == array_names(store)
     return error
 
 
@@ -384,15 +415,83 @@ def test_not_a_plate(
     assert error.document == str(store / doc_name(store))
 
 
-def test_not_a_plate_at_all(tmp_path: Path) -> None:
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "garbage").mkdir()
-    (tmp_path / "garbage" / "zarr.json").write_text("not json at all")
-    for name in ("empty", "garbage", "absent"):
-        with pytest.raises(NotAPlateError):
-            snapmeta.build_snapshot(tmp_path / name)
-    assert not (tmp_path / "absent").exists()
-    assert sorted(p.name for p in (tmp_path / "garbage").iterdir()) == ["zarr.json"]
+def _not_a_plate(kind: str, path: Path) -> Any:
+    """Make a store of ``kind`` at ``path``; returns what to pass to build_snapshot."""
+    if kind == "absent":
+        return path
+    if kind == "remote-url":
+        return "s3://bucket/plate.ome.zarr"
+    if kind == "a-file":
+        path.write_text("{}")
+        return path
+    path.mkdir()
+    if kind == "garbage-zarr-json":
+        (path / "zarr.json").write_text("not json at all")
+    elif kind == "zarr-json-a-list":
+        (path / "zarr.json").write_text("[1, 2]")
+    elif kind == "zarr-3-array":
+        (path / "zarr.json").write_text(
+            json.dumps({"zarr_format": 3, "node_type": "array", "shape": [1]})
+        )
+    elif kind == "zarr-2-group-without-attributes":
+        (path / ".zgroup").write_text('{"zarr_format": 2}')
+    elif kind == "an-image-not-a-plate":
+        attrs = {"ome": {"version": "0.5", "multiscales": [{"axes": [], "datasets": []}]}}
+        (path / "zarr.json").write_text(
+            json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs})
+        )
+    else:
+        assert kind == "empty"
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "empty",
+        "absent",
+        "a-file",
+        "remote-url",
+        "garbage-zarr-json",
+        "zarr-json-a-list",
+        "zarr-3-array",
+        "zarr-2-group-without-attributes",
+        "an-image-not-a-plate",
+    ],
+)
+def test_not_a_plate_at_all(tmp_path: Path, kind: str) -> None:
+    """Stores that are not plates: NotAPlateError, and nothing written anywhere."""
+    store = _not_a_plate(kind, tmp_path / "store.zarr")
+    path = tmp_path / "store.zarr"
+    before = (sorted(os.listdir(tmp_path)), path.is_dir() and _hash_tree(path))
+    with pytest.raises(NotAPlateError) as info:
+        snapmeta.build_snapshot(store)
+    assert info.value.store
+    after = (sorted(os.listdir(tmp_path)), path.is_dir() and _hash_tree(path))
+    assert after == before, "a failed build wrote something"
+    assert not (tmp_path / "store.zarr" / ARRAY_DIR).exists()
+    TALLY["not-a-plate"] += 1
+
+
+def test_snapshot_place_taken(plate05: Path) -> None:
+    """A file where the snapshot's array goes: a documented SnapshotWriteError, the file
+    and the store untouched."""
+    (plate05 / ARRAY_DIR).write_text("mine")
+    error = build(plate05)
+    assert isinstance(error, SnapshotWriteError), error
+    assert (plate05 / ARRAY_DIR).read_text() == "mine"
+
+
+def test_rejected_after_a_good_build_keeps_the_snapshot(plate05: Path) -> None:
+    """A plate broken after a successful build: the rebuild is rejected, the previous
+    snapshot stays byte for byte, and readers notice the change."""
+    assert build(plate05) is None
+    edit(plate05, "B/2/0", _set(AXES, "tczyx"))
+    assert_rejected(plate05, [("B/2/0/zarr.json", "multiscales[0].axes")])
+    assert snapmeta.open_position(plate05, "A/1/0").channel_names == ("DAPI", "GFP")
+    with pytest.raises(snapmeta.StaleSnapshotError):
+        snapmeta.open_position(plate05, "B/2/0", on_stale="raise")
+    assert not snapmeta.verify(plate05).ok
 
 
 # ---------------------------------------------------------------------------
@@ -530,34 +629,36 @@ def test_deep_pyramid(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("ngff", ["0.4", "0.5"])
-def test_huge_position_attributes_stay_out_of_the_snapshot(tmp_path: Path, ngff: str) -> None:
+def test_huge_position_attributes_are_stored_once(tmp_path: Path, ngff: str) -> None:
+    """20 MB of position attributes are snapshotted faithfully; positions with the same
+    attributes share one template, so the snapshot holds them once."""
     store = write_plate(
         tmp_path / "plate.zarr", rows=1, columns=2, fields=2, ngff=ngff, levels=1, data="none"
     )
     snapmeta.build_snapshot(store)
-    baseline = _format.snapshot_path(store).stat().st_size
+    baseline = snapshot_file(store).stat().st_size
     huge = {
-        "cells": [{"id": i, "area": i * 0.25, "label": f"cell-{i}"} for i in range(40_000)],
+        "cells": [{"id": i, "area": i * 0.25, "label": f"cell-{i}"} for i in range(8_000)],
         "raw": "x" * 20_000_000,
     }
-    medium = {"table": "y" * 900_000}  # under the 1 MiB inline limit: kept inline
-    edit(store, "A/1/0", lambda d: d.update(custom=huge), ome=False)
+    medium = {"table": "y" * 900_000}
+    for node in ("A/1/0", "A/2/0"):  # the same field in two wells: the same attributes
+        edit(store, node, lambda d: d.update(custom=huge), ome=False)
     edit(store, "A/2/1", lambda d: d.update(custom=medium), ome=False)
     size = (store / attrs_doc(store, "A/1/0")).stat().st_size
     assert size > 20_000_000
     assert_faithful(store)
-    snapshot = _format.snapshot_path(store).stat().st_size
-    assert snapshot < baseline + 1_100_000, (baseline, snapshot)
-    pos = snapmeta.open_position(store, "A/1/0")
-    custom = pos.attrs["custom"]
-    assert custom == huge
+    snapshot = snapshot_file(store).stat().st_size
+    assert snapshot < baseline + size + 1_000_000, (baseline, size, snapshot)
+    for node in ("A/1/0", "A/2/0"):
+        assert snapmeta.open_position(store, node).attrs["custom"] == huge
     assert snapmeta.open_position(store, "A/2/1").attrs["custom"] == medium
 
 
 def test_huge_root_attributes_stay_out_of_the_snapshot(plate05: Path) -> None:
     edit(plate05, "", lambda d: d.update(history="z" * 20_000_000), ome=False)
     assert build(plate05) is None
-    assert _format.snapshot_path(plate05).stat().st_size < 1_000_000
+    assert snapshot_file(plate05).stat().st_size < 1_000_000
     assert snapmeta.open_plate(plate05).attrs["history"] == "z" * 20_000_000
 
 
@@ -588,20 +689,30 @@ def test_nan_and_infinity(plate04: Path) -> None:
     assert math.isnan(arr.attrs["calibration"])
 
 
-def test_symlinked_positions(plate05: Path, tmp_path: Path) -> None:
-    """Positions that are symlinks: to a directory outside the store, and two to one target."""
+def test_symlinked_positions_inside_the_store(plate05: Path) -> None:
+    """Positions that are symlinks inside the store: two positions share one directory."""
+    shutil.rmtree(plate05 / "B" / "2" / "1")
+    (plate05 / "B" / "2" / "1").symlink_to("0")  # B/2/1 and B/2/0 share one directory
+    shutil.move(plate05 / "A" / "1" / "0", plate05 / "A" / "fov-store")
+    (plate05 / "A" / "1" / "0").symlink_to("../fov-store")  # elsewhere in the store
+    assert_faithful(plate05)
+    assert snapmeta.open_position(plate05, "A/1/0").data.shape == (1, 2, 4, 64, 64)
+    a, b = snapmeta.open_position(plate05, "B/2/0"), snapmeta.open_position(plate05, "B/2/1")
+    assert a.channel_names == b.channel_names and a.path != b.path
+
+
+def test_position_symlinked_outside_the_store_is_rejected(plate05: Path, tmp_path: Path) -> None:
+    """A position that leads out of the store (a symlink to another directory) is a located
+    problem: snapmeta reads nothing outside the store; the target stays untouched."""
     outside = tmp_path / "elsewhere" / "fov"
     outside.parent.mkdir()
     shutil.move(plate05 / "A" / "1" / "0", outside)
     (plate05 / "A" / "1" / "0").symlink_to(outside)
-    shutil.rmtree(plate05 / "B" / "2" / "1")
-    (plate05 / "B" / "2" / "1").symlink_to("0")  # B/2/1 and B/2/0 share one directory
-    outside_before = tree_state(outside)
-    assert_faithful(plate05)
-    assert tree_state(outside) == outside_before
-    assert snapmeta.open_position(plate05, "A/1/0").data.shape == (1, 2, 4, 64, 64)
-    a, b = snapmeta.open_position(plate05, "B/2/0"), snapmeta.open_position(plate05, "B/2/1")
-    assert a.channel_names == b.channel_names and a.path != b.path
+    (plate05 / "B" / "3" / "1" / "0").rename(tmp_path / "elsewhere" / "level")
+    (plate05 / "B" / "3" / "1" / "0").symlink_to(tmp_path / "elsewhere" / "level")
+    outside_before = _hash_tree(outside.parent)
+    assert_rejected(plate05, [("A/1/0/zarr.json", ""), ("B/3/1/0/zarr.json", "")])
+    assert _hash_tree(outside.parent) == outside_before
 
 
 def test_optional_keys_absent_and_extra_keys_present(plate05: Path) -> None:
@@ -641,5 +752,6 @@ def test_zz_tally() -> None:
     """How many hostile plates were built (faithful) or rejected in this module."""
     print(
         f"\nhostile plates: {TALLY['faithful']} snapshotted faithfully, "
-        f"{TALLY['rejected']} rejected with located problems"
+        f"{TALLY['rejected']} rejected with located problems, "
+        f"{TALLY['not-a-plate']} stores refused as not plates"
     )

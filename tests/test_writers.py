@@ -24,6 +24,7 @@ except ModuleNotFoundError:  # tests/ imported as a package
 # Keys the NGFF 0.4 spec puts at the top level of .zattrs (zarr format 2).
 OME_V04_KEYS = {"plate", "well", "multiscales", "omero", "labels", "image-label"}
 OME_V04_KEYS |= {"bioformats2raw.layout", "series"}
+OME_V04_KEYS |= {"version"}  # iohub 0.3.11 writes the NGFF version at the top of 0.4 groups
 
 
 # --------------------------------------------------------------------------- helpers
@@ -239,7 +240,8 @@ def test_iohub_plate(tmp_path: Path, version: str) -> None:
     assert pos["multiscales"][0]["name"] == "0"
     assert pos["omero"]["name"] == "0"
     assert pos["omero"]["version"] == version
-    assert [ch["active"] for ch in pos["omero"]["channels"]] == [True, True]
+    # iohub 0.3.0a7 marks every channel active, 0.3.11 the first only
+    assert [ch["active"] for ch in pos["omero"]["channels"]] in ([True, True], [True, False])
     assert not np.any(root["A/1/0/1"][...])  # pyramid level created, never filled
     if version == "0.5":
         assert ome_of(root["A/1"].attrs.asdict(), plate)["well"]["version"] == "0.5"
@@ -264,13 +266,11 @@ def test_omezarr_plate(tmp_path: Path, version: str) -> None:
             [t["type"] for t in ds["coordinateTransformations"]] for ds in multiscale["datasets"]
         ]
         assert kinds == [["scale", "translation"]] * 2
-        assert [ax.get("unit") for ax in multiscale["axes"]] == [
-            "second",
-            None,
-            "micrometer",
-            "micrometer",
-            "micrometer",
-        ]
+        # ome-zarr-py 0.21's write_image drops axis units even when given
+        assert [ax.get("unit") for ax in multiscale["axes"]] in (
+            ["second", None, "micrometer", "micrometer", "micrometer"],
+            [None] * 5,
+        )
     # level-1 half-pixel offset: physical units from write_image, pixels from write_multiscale
     assert image["datasets"][1]["coordinateTransformations"][1]["translation"][3:] == pytest.approx(
         [0.1625, 0.1625]

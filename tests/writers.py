@@ -427,6 +427,16 @@ _OMEZARR_WELLS: dict[str, list[tuple[str, int, bool]]] = {
 }
 
 
+def _omero_argument(omero: dict[str, Any]) -> Any:
+    """ome-zarr-py 0.21 takes omero metadata as an ome-zarr-models ``Omero``, older a dict."""
+    try:
+        from ome_zarr.classes import image
+    except ImportError:
+        return omero
+    model = getattr(image, "Omero", None)
+    return omero if model is None else model.model_validate(omero)
+
+
 def write_omezarr_plate(path: str | Path, *, version: str = "0.5") -> WrittenPlate:
     """Write a plate with ome-zarr-py 0.18 writer functions.
 
@@ -524,7 +534,7 @@ def write_omezarr_plate(path: str | Path, *, version: str = "0.5") -> WrittenPla
                     # write_image drops the units given in `axes`; pass them again
                     axes_units={ax["name"]: ax["unit"] for ax in axes if "unit" in ax},
                     name=f"{well_path}/{fov}",
-                    omero=omero,
+                    omero=_omero_argument(omero),
                 )
             positions[f"{well_path}/{fov}"] = ExpectedPosition(
                 channel_names=[ch["label"] for ch in _OMEZARR_CHANNELS],

@@ -5,14 +5,23 @@ are the numbers to gate on. Files are counted with an audit hook on "open"
 events (builtins.open, io.open, os.open), bytes with /proc/self/io ``rchar``
 (all read()-like syscalls of all threads). Pages touched through mmap are
 neither: snapmeta maps its snapshot once per process (its size is
-``track_snapshot_bytes``) and then reads no file to open a position; its
-freshness check is one ``stat`` per document, which is not an open either.
+``track_snapshot_bytes``; per position, ``track_snapshot_bytes_per_position``)
+and then reads no file to open a position; its freshness check is one
+``stat`` per document, which is not an open either. Round trips to a
+(modelled) network filesystem are counted in ``bench_network.py``.
 """
 
 import os
 
 from . import peers
-from .common import NGFF_VERSIONS, OPEN_LAYOUTS, FixtureCache, sample_paths
+from .common import (
+    LAYOUTS,
+    NGFF_VERSIONS,
+    OPEN_LAYOUTS,
+    FixtureCache,
+    sample_paths,
+    snapshot_file,
+)
 
 _COUNTED = 32  # positions per count (the mean is exact for these peers)
 
@@ -46,6 +55,13 @@ class SnapshotSize(FixtureCache):
     param_names = ["plate", "ngff"]
 
     def track_snapshot_bytes(self, fx, layout, ngff):
-        return os.path.getsize(os.path.join(fx.views[f"{layout}-{ngff}"], ".snapmeta.arrow"))
+        return os.path.getsize(snapshot_file(fx.views[f"{layout}-{ngff}"]))
 
     track_snapshot_bytes.unit = "bytes"
+
+    def track_snapshot_bytes_per_position(self, fx, layout, ngff):
+        # format 1 took ~2 KB per position, format 2 ~100 B (docs/format.md)
+        size = os.path.getsize(snapshot_file(fx.views[f"{layout}-{ngff}"]))
+        return size / LAYOUTS[layout].n_positions
+
+    track_snapshot_bytes_per_position.unit = "bytes/position"

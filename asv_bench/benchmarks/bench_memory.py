@@ -21,10 +21,9 @@ once in ``setup_cache`` for every (N, peer) and the track_ methods read it.
 """
 
 import os
-from pathlib import Path
 
 from . import peers
-from .common import MEMORY_LAYOUT, SMOKE, ensure_plate, make_view
+from .common import MEMORY_LAYOUT, SMOKE, ensure_plate, ensure_snapshot
 
 WORKERS = [2] if SMOKE else [1, 2, 4]
 MEMORY_NGFF = "0.4"
@@ -36,12 +35,10 @@ class WorkerMemory:
     timeout = 1800
 
     def setup_cache(self):
-        import snapmeta
-
-        view = make_view(ensure_plate(MEMORY_LAYOUT, MEMORY_NGFF), Path.cwd() / "plate")
-        snapmeta.build_snapshot(view)
+        plate = ensure_plate(MEMORY_LAYOUT, MEMORY_NGFF)
+        ensure_snapshot(plate)
         return {
-            (n, peer): peers.measure_worker_memory_isolated(peer, os.fspath(view.resolve()), n)
+            (n, peer): peers.measure_worker_memory_isolated(peer, os.fspath(plate.resolve()), n)
             for peer in peers.MEMORY_PEERS
             for n in WORKERS
         }

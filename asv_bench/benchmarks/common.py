@@ -13,13 +13,15 @@ Two kinds of fixtures, with two lifetimes:
   commit. A plate is generated in a temporary sibling directory and renamed
   into place, under an ``flock``, so concurrent runs never see a half-written
   plate and never write the same plate twice.
-* **Snapshots** depend on snapmeta's code, so they are built per asv
-  ``setup_cache`` (once per environment and commit), never cached across
-  commits. ``build_snapshot`` always writes ``STORE/.snapmeta.arrow``; to keep
-  the shared plate untouched, :func:`make_view` creates a cheap *view* of the
-  plate in the setup_cache directory: the root metadata document is copied
-  and the row directories are symlinked. Every peer reads through the same
-  view, so all see identical paths.
+* **Snapshots** depend on snapmeta's code. :func:`ensure_snapshot` builds
+  one *into the cached plate* (``PLATE/.snapmeta/0``, where users have it)
+  and records, next to the plate, a digest of the snapmeta sources that
+  built it; a later run rebuilds it whenever that digest differs (another
+  commit, an edited working tree), under the plate's lock. Every peer reads
+  the same plate, with its ``.snapmeta`` array, as a user's plate would be.
+  (Format 1 benchmarks built into a *view* of the plate with symlinked rows;
+  format 2 refuses documents reached through symlinks that leave the store,
+  and a full hard-linked copy of a 100,000-position plate takes minutes.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +42,7 @@ from pathlib import Path
 
 #: Bump when the layouts, shapes or data below change: plates are cached
 #: under this name, so a new value regenerates them.
-GENERATOR_VERSION = "v1"
+GENERATOR_VERSION = "v2"
 
 #: ``SNAPMETA_BENCH_SMOKE=1`` keeps only the 96-position plates and small
 #: repeat counts, so the whole suite runs in seconds (CI smoke test). Params
@@ -129,7 +132,7 @@ ALL_LAYOUTS = sorted(
 
 def position_paths(layout: str) -> list[str]:
     """All position paths of a layout, in plate order (wells row-major)."""
-    from snapmeta.testing import _row_name as row_name  # the generator's own labels
+    from snapmeta.testing import row_name  # the generator's own labels
 
     spec = LAYOUTS[layout]
     counts = [spec.fields] if isinstance(spec.fields, int) else list(spec.fields)
@@ -273,7 +276,7 @@ def ensure_consolidated(layout: str, ngff: str) -> Path:
         import zarr
 
         t0 = time.perf_counter()
-        shutil.copytree(source, tmp, symlinks=True)
+        shutil.copytree(source, tmp, symlinks=True, ignore=shutil.ignore_patterns(SNAPSHOT_ARRAY))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(os.fspath(tmp), zarr_format=2 if ngff == "0.4" else 3)
@@ -283,12 +286,14 @@ def ensure_consolidated(layout: str, ngff: str) -> Path:
 
 
 def copy_metadata(source: Path, dest: Path) -> Path:
-    """Copy a plate's metadata documents only (no chunks), following the view's
-    symlinks. Used for writable copies: build targets and workflow outputs."""
+    """Copy a plate's metadata documents only (no chunks and no snapshot).
+    Used for writable copies: build targets and workflow outputs."""
     names = {".zgroup", ".zattrs", ".zarray", "zarr.json"}
     source = Path(source)
     for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
         rel = os.path.relpath(dirpath, source)
+        if rel == ".":
+            dirnames[:] = [d for d in dirnames if d != SNAPSHOT_ARRAY]
         out = dest if rel == "." else dest / rel
         metas = [f for f in filenames if f in names]
         if rel != "." and not metas:
@@ -301,44 +306,92 @@ def copy_metadata(source: Path, dest: Path) -> Path:
     return dest
 
 
-# ---------------------------------------------------------------------------
-# views with a snapshot (per commit)
-
-
-def make_view(plate: Path, dest: Path) -> Path:
-    """A view of ``plate`` at ``dest``: root documents copied, rows symlinked.
-
-    ``build_snapshot(dest)`` then writes the snapshot into ``dest`` and leaves
-    the shared plate untouched.
-    """
-    dest.mkdir(parents=True)
-    for entry in os.scandir(plate):
-        if entry.is_dir():
-            os.symlink(entry.path, dest / entry.name)
-        elif entry.name in {".zgroup", ".zattrs", "zarr.json", ".zmetadata"}:
-            shutil.copy2(entry.path, dest / entry.name)
+def link_copy(source: Path, dest: Path) -> Path:
+    """A copy of ``source`` whose files are hard links (``cp -al``): cheap for
+    plates whose documents nobody rewrites in place (chunk writes create new
+    files; snapmeta replaces its snapshot by a rename)."""
+    dest = Path(dest)
+    if shutil.which("cp"):
+        subprocess.run(["cp", "-al", os.fspath(source), os.fspath(dest)], check=True)
+    else:  # pragma: no cover - no coreutils
+        shutil.copytree(source, dest, copy_function=os.link)
     return dest
+
+
+# ---------------------------------------------------------------------------
+# snapshots (per version of the snapmeta sources)
+
+#: The in-store snapshot: the only chunk of this zarr array in the plate root.
+SNAPSHOT_ARRAY = ".snapmeta"
+SNAPSHOT_FILE = f"{SNAPSHOT_ARRAY}/0"
+
+
+def snapshot_file(plate: str | os.PathLike[str]) -> str:
+    """Path of the in-store snapshot file of ``plate`` (format 2)."""
+    return os.path.join(os.fspath(plate), SNAPSHOT_FILE)
+
+
+def code_digest() -> str:
+    """Digest of the imported snapmeta's sources (every ``*.py`` of the package)."""
+    import hashlib
+
+    import snapmeta
+
+    package = Path(snapmeta.__file__).resolve().parent
+    h = hashlib.sha256(snapmeta.__version__.encode())
+    for f in sorted(package.rglob("*.py")):
+        h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_snapshot(plate: Path, *, force: bool = False) -> float | None:
+    """Build the in-store snapshot of ``plate`` unless this snapmeta built it.
+
+    Returns the build's seconds, or None when the snapshot was current. The
+    digest of the sources that built it is kept in ``<plate>.snapshot-code``
+    next to the plate, never inside it.
+    """
+    import snapmeta
+
+    plate = Path(plate)
+    marker = plate.with_name(plate.name + ".snapshot-code")
+    digest = code_digest()
+    with _locked(plate.with_name(plate.name + ".lock")):
+        current = marker.read_text().strip() if marker.exists() else None
+        if not force and current == digest and os.path.exists(snapshot_file(plate)):
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        t0 = time.perf_counter()
+        snapmeta.build_snapshot(plate)
+        seconds = time.perf_counter() - t0
+        marker.write_text(digest + "\n")
+    _log(f"built the snapshot of {plate.name} in {seconds:.1f} s")
+    return seconds
 
 
 @dataclass
 class Fixture:
-    """Per-run plates with snapshots, as returned by ``setup_cache``."""
+    """Plates with current snapshots, as returned by ``setup_cache``."""
 
-    views: dict[str, str]  # "layout-ngff" -> view with a snapshot
+    views: dict[str, str]  # "layout-ngff" -> cached plate with a current snapshot
     consolidated: dict[str, str]  # "layout-ngff" -> consolidated copy (shared cache)
-    empty: dict[str, str]  # "layout-ngff" -> empty template (shared cache)
-    build_seconds: dict[str, float]
+    empty: dict[str, str]  # "layout-ngff" -> empty template with a snapshot (shared cache)
+    build_seconds: dict[str, float]  # snapshots built by this run (not the current ones)
 
     def view(self, layout: str, ngff: str) -> str:
         return self.views[f"{layout}-{ngff}"]
 
 
 def prepare_fixture(
-    workdir: Path, layouts: list[str] | None = None, *, consolidated: list[str] | None = None
+    workdir: Path | None = None,
+    layouts: list[str] | None = None,
+    *,
+    consolidated: list[str] | None = None,
+    force: bool = False,
 ) -> Fixture:
-    """Ensure the cached plates, then make views and build their snapshots."""
-    import snapmeta
-
+    """Ensure the cached plates and their snapshots (``workdir`` is unused,
+    kept for callers of the format-1 signature)."""
     layouts = layouts or ALL_LAYOUTS
     if consolidated is None:
         consolidated = [name for name in layouts if name in CONSOLIDATED_LAYOUTS]
@@ -347,15 +400,16 @@ def prepare_fixture(
         for ngff in NGFF_VERSIONS:
             key = f"{layout}-{ngff}"
             plate = ensure_plate(layout, ngff)
-            view = make_view(plate, workdir / key)
-            t0 = time.perf_counter()
-            snapmeta.build_snapshot(view)
-            fixture.build_seconds[key] = time.perf_counter() - t0
-            fixture.views[key] = os.fspath(view.resolve())
+            seconds = ensure_snapshot(plate, force=force)
+            if seconds is not None:
+                fixture.build_seconds[key] = seconds
+            fixture.views[key] = os.fspath(plate.resolve())
             if layout in consolidated:
                 fixture.consolidated[key] = os.fspath(ensure_consolidated(layout, ngff))
             if layout == WORKFLOW_LAYOUT:
-                fixture.empty[key] = os.fspath(ensure_plate(layout, ngff, empty=True))
+                empty = ensure_plate(layout, ngff, empty=True)
+                ensure_snapshot(empty, force=force)
+                fixture.empty[key] = os.fspath(empty)
     return fixture
 
 
@@ -370,12 +424,11 @@ class FixtureCache:
     """Base class: every benchmark class shares ONE setup_cache run.
 
     asv keys ``setup_cache`` by its source location, so inheriting it from
-    here builds the views and snapshots once per (environment, commit); its
-    cwd is a temporary directory that asv deletes after the last user.
+    here ensures the plates and snapshots once per (environment, commit).
     """
 
     def setup_cache(self) -> Fixture:
-        return prepare_fixture(Path.cwd())
+        return prepare_fixture()
 
     # First runs on a machine also generate the plates (minutes at full size).
     setup_cache.timeout = 3600

@@ -21,8 +21,9 @@ from typing import Any
 #: Peers of the open/read benchmarks. The parameter value is the label shown
 #: by asv and in the comparison table.
 PEERS = [
-    "snapmeta",  # snapmeta.open_position(plate, path).data
-    "snapmeta-plate",  # snapmeta.open_plate(plate)[path].data
+    "snapmeta",  # snapmeta.open_position(plate, path)["0"]
+    "snapmeta-fanout",  # fan = open_plate(plate).fan_out() once; fan.open_position(path)["0"]
+    "snapmeta-plate",  # snapmeta.open_plate(plate)[path]["0"]
     "iohub",  # iohub open_ome_zarr(plate, mode="r")[path].data
     "zarr-group",  # zarr.open_group(plate)[path]["0"], unconsolidated
     "zarr-consolidated",  # the same on a consolidated copy
@@ -30,7 +31,7 @@ PEERS = [
 ]
 
 #: Peers of the joblib workflow benchmark.
-WORKFLOW_PEERS = ["snapmeta", "zarr", "iohub"]
+WORKFLOW_PEERS = ["snapmeta", "snapmeta-fanout", "zarr", "iohub"]
 
 #: Peers of the build benchmark.
 BUILD_PEERS = ["snapmeta", "zarr-consolidate"]
@@ -47,10 +48,19 @@ def iohub_available() -> bool:
     return True
 
 
+def has_fan_out() -> bool:
+    """Whether this snapmeta has the fan-out mode (``Plate.fan_out``, 0.2+)."""
+    import snapmeta
+
+    return hasattr(snapmeta.Plate, "fan_out")
+
+
 def require(peer: str) -> None:
     """Raise NotImplementedError (asv: skipped) when a peer cannot run here."""
     if peer == "iohub" and not iohub_available():
         raise NotImplementedError("iohub is not importable")
+    if peer == "snapmeta-fanout" and not has_fan_out():
+        raise NotImplementedError("this snapmeta has no Plate.fan_out")
 
 
 def _quiet() -> None:
@@ -67,13 +77,21 @@ def opener(peer: str, plate: str, consolidated: str | None = None) -> Callable[[
         import snapmeta
 
         def fn(path: str) -> Any:
-            return snapmeta.open_position(plate, path, mode="r").data
+            return snapmeta.open_position(plate, path, mode="r")["0"]
+
+    elif peer == "snapmeta-fanout":
+        import snapmeta
+
+        fan = snapmeta.open_plate(plate, mode="r").fan_out()  # verifies the plate once
+
+        def fn(path: str) -> Any:
+            return fan.open_position(path)["0"]
 
     elif peer == "snapmeta-plate":
         import snapmeta
 
         def fn(path: str) -> Any:
-            return snapmeta.open_plate(plate, mode="r")[path].data
+            return snapmeta.open_plate(plate, mode="r")[path]["0"]
 
     elif peer == "iohub":
         from iohub.ngff import open_ome_zarr
@@ -113,9 +131,23 @@ def cold_code(peer: str, plate: str, path: str, consolidated: str | None = None)
     require(peer)
     if peer == "zarr-consolidated" and consolidated is None:
         raise NotImplementedError("no consolidated copy of this plate (too large)")
+    if peer == "snapmeta-fanout":
+        import base64
+        import pickle
+
+        import snapmeta
+
+        # the parent verifies once; the fresh worker gets the pickled FanOut
+        fan = base64.b64encode(pickle.dumps(snapmeta.open_plate(plate).fan_out())).decode()
+        code = (
+            "import base64, pickle\nimport snapmeta\n"
+            f"fan = pickle.loads(base64.b64decode({fan!r}))\n"
+            f"fan.open_position({path!r})['0'][...]"
+        )
+        return "import warnings\nwarnings.simplefilter('ignore')\n" + code
     body = {
-        "snapmeta": "import snapmeta\nsnapmeta.open_position({plate!r}, {path!r}).data[...]",
-        "snapmeta-plate": "import snapmeta\nsnapmeta.open_plate({plate!r})[{path!r}].data[...]",
+        "snapmeta": "import snapmeta\nsnapmeta.open_position({plate!r}, {path!r})['0'][...]",
+        "snapmeta-plate": "import snapmeta\nsnapmeta.open_plate({plate!r})[{path!r}]['0'][...]",
         "iohub": "from iohub.ngff import open_ome_zarr\n"
         "open_ome_zarr({plate!r}, mode='r')[{path!r}].data[...]",
         "zarr-group": "import zarr\n"
@@ -135,14 +167,16 @@ _ROOT_DOCS = (".zattrs", ".zgroup", "zarr.json")
 
 
 def reset_build_copy(source: str, copy: str) -> None:
-    """Restore a metadata-only copy to the state of ``source``: no snapshot,
-    no ``.zmetadata``, the original root document (consolidation rewrites
-    ``zarr.json`` in zarr v3)."""
+    """Restore a metadata-only copy to the state of ``source``: no snapshot
+    (neither the ``.snapmeta`` array nor a format-1 file), no ``.zmetadata``,
+    the original root document (consolidation rewrites ``zarr.json`` in zarr v3)."""
+
     import shutil
 
     for name in (".zmetadata", ".snapmeta.arrow"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(copy, name))
+    shutil.rmtree(os.path.join(copy, ".snapmeta"), ignore_errors=True)
     for name in _ROOT_DOCS:
         if os.path.exists(os.path.join(source, name)):
             shutil.copy2(os.path.join(source, name), os.path.join(copy, name))
@@ -167,14 +201,30 @@ def run_build(peer: str, copy: str, ngff: str) -> None:
 # the joblib workflow (one task per position)
 
 
-def workflow_task(peer: str, src: str, dst: str, path: str) -> int:
+def fan_out_pair(src: str, dst: str) -> tuple[Any, Any]:
+    """The parent's step of the fan-out peer: verify both plates once."""
+    import snapmeta
+
+    return (
+        snapmeta.open_plate(src, mode="r").fan_out(),
+        snapmeta.open_plate(dst, mode="a").fan_out(),
+    )
+
+
+def workflow_task(peer: str, src: Any, dst: Any, path: str) -> int:
     """Open the source read-only and the destination with mode "a", read one
-    position and write it to the destination. Runs in a joblib worker."""
+    position and write it to the destination. Runs in a joblib worker.
+
+    For ``snapmeta-fanout``, ``src`` and ``dst`` are the ``FanOut`` objects of
+    :func:`fan_out_pair` (they pickle as a few strings)."""
     if peer == "snapmeta":
         import snapmeta
 
-        data = snapmeta.open_position(src, path, mode="r").data[...]
-        snapmeta.open_position(dst, path, mode="a").data[...] = data
+        data = snapmeta.open_position(src, path, mode="r")["0"][...]
+        snapmeta.open_position(dst, path, mode="a")["0"][...] = data
+    elif peer == "snapmeta-fanout":
+        data = src.open_position(path)["0"][...]
+        dst.open_position(path)["0"][...] = data
     elif peer == "zarr":
         import zarr
 
@@ -228,6 +278,8 @@ def run_workflow(
 
     c0 = _children_cpu() if cpu else 0.0
     t0 = time.perf_counter()
+    if peer == "snapmeta-fanout" and isinstance(src, str):
+        src, dst = fan_out_pair(src, dst)  # the parent's verification is part of the cost
     parallel(delayed(workflow_task)(peer, src, dst, p) for p in paths)
     seconds = time.perf_counter() - t0
     if cpu:

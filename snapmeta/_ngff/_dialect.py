@@ -97,7 +97,9 @@ def array_document(
     if attributes is None:
         return metadata
     if not isinstance(attributes, dict):
-        raise NgffReadError(document.rsplit("/", 1)[0] + "/" + V2_ATTRS, "", "expected a JSON object")
+        raise NgffReadError(
+            document.rsplit("/", 1)[0] + "/" + V2_ATTRS, "", "expected a JSON object"
+        )
     return {**metadata, "attributes": attributes}
 
 

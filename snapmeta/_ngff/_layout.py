@@ -69,11 +69,9 @@ def image_layout(
     base: Key = (*ome_prefix(zarr_format), "multiscales", 0)
     ms = ome["multiscales"][0]
     axes = []
-    for i, axis in enumerate(ms["axes"]):
+    for i in range(len(ms["axes"])):
         at = (*base, "axes", i)
-        axes.append(
-            (index.get((*at, "name")), index.get((*at, "type")), index.get((*at, "unit")))
-        )
+        axes.append((index.get((*at, "name")), index.get((*at, "type")), index.get((*at, "unit"))))
     omero = ome.get("omero")
     channels: list[fmt.Ref] = []
     if isinstance(omero, dict) and isinstance(omero.get("channels"), list):
@@ -83,7 +81,10 @@ def image_layout(
     for i, dataset in enumerate(ms["datasets"]):
         at = (*base, "datasets", i)
         scale, translation = _transforms(
-            dataset.get("coordinateTransformations"), (*at, "coordinateTransformations"), index, deps
+            dataset.get("coordinateTransformations"),
+            (*at, "coordinateTransformations"),
+            index,
+            deps,
         )
         levels.append(fmt.Level(index[(*at, "path")], arrays[i], scale, translation))
     scale, translation = _transforms(
@@ -91,7 +92,7 @@ def image_layout(
     )
     image = fmt.Image(
         template,
-        tuple(axes),  # type: ignore[arg-type]
+        tuple(axes),
         tuple(channels),
         tuple(levels),
         scale,

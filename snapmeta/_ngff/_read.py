@@ -24,7 +24,6 @@ from .._fsio import (
 )
 from ..errors import Problem
 from . import _dialect as dialect
-from . import _validate as validate
 from ._dialect import NgffReadError
 
 
@@ -79,6 +78,14 @@ class PositionContent:
     group: Document
     attributes: dict[str, Any]
     levels: tuple[LevelContent, ...]
+
+
+def _validate() -> Any:
+    # pydantic is imported when a document is first validated, so that importing
+    # snapmeta (and the snapshot open path) never pays for it
+    from . import _validate
+
+    return _validate
 
 
 def as_problem(exc: NgffReadError) -> Problem:
@@ -145,13 +152,18 @@ class StoreReader:
         return Document(relpath, data, st.st_size, st.st_mtime_ns, fmt.content_digest(data))
 
     def _check_array(
-        self, document: str, array: dict[str, Any], ndim: int, channels: int | None, c_axis: int | None
+        self,
+        document: str,
+        array: dict[str, Any],
+        ndim: int,
+        channels: int | None,
+        c_axis: int | None,
     ) -> list[Problem]:
         # positions share a handful of array documents; zarr's parser is slow
         key = (fmt.pack(array), ndim, channels, c_axis)
         found = self._arrays_checked.get(key)
         if found is None:
-            found = self._arrays_checked[key] = validate.validate_array(
+            found = self._arrays_checked[key] = _validate().validate_array(
                 "", array, ndim, channels, c_axis
             )
         return [Problem(document, p.field, p.message) for p in found]
@@ -184,7 +196,7 @@ class StoreReader:
             problems.append(as_problem(exc))
             return None
         well = dialect.ome_of(attrs, self.zarr_format).get("well")
-        found = validate.validate_well(rel, well)
+        found = _validate().validate_well(rel, well)
         if found:
             problems.extend(found)
             return None
@@ -208,7 +220,7 @@ class StoreReader:
             problems.append(as_problem(exc))
             return None
         ome = dialect.ome_of(attrs, self.zarr_format)
-        found = validate.validate_image(rel, ome)
+        found = _validate().validate_image(rel, ome)
         if found:
             problems.extend(found)
             return None
@@ -224,7 +236,9 @@ class StoreReader:
         for dataset in ms["datasets"]:
             node = dialect.join(path, dataset["path"])
             try:
-                docs = tuple(self.document(r) for r in dialect.array_documents(node, self.zarr_format))
+                docs = tuple(
+                    self.document(r) for r in dialect.array_documents(node, self.zarr_format)
+                )
                 if docs[0].data is None:
                     problems.append(
                         Problem(

@@ -190,11 +190,7 @@ def validate_plate(document: str, plate: Any) -> list[Problem]:
 
 def _safe_name(name: str) -> bool:
     # Names become path segments: never let one climb out of the store.
-    return (
-        bool(name)
-        and name not in (".", "..")
-        and not any(c in name for c in ("/", "\\", "\0"))
-    )
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0"))
 
 
 def validate_well(document: str, well: Any) -> list[Problem]:

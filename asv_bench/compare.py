@@ -143,6 +143,7 @@ def machine() -> dict[str, Any]:
             m: _version(m) for m in ("snapmeta", "zarr", "pyarrow", "iohub", "numpy", "joblib")
         },
         "snapmeta_commit": _git(),
+        "snapmeta_digest": common.code_digest(),
     }
 
 
@@ -448,7 +449,8 @@ def report(data: dict[str, Any], out: Path) -> str:
     lines = [
         "# snapmeta vs peers: one run, interleaved",
         "",
-        f"- date: {m['date']}; snapmeta commit: {m['snapmeta_commit']}",
+        f"- date: {m['date']}; snapmeta commit: {m['snapmeta_commit']}"
+        + (f" (sources digest {m['snapmeta_digest']})" if m.get("snapmeta_digest") else ""),
         f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
         f"{m['memory_mb']} MB RAM; load average {m['load_average_start']} at start, "
         f"{m.get('load_average_end')} at end (shared VM: other tenants)",
@@ -1168,6 +1170,26 @@ def plot(data: dict[str, Any], out: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
+def freeze_snapmeta() -> Path:
+    """Import snapmeta, here and in every child process, from a copy of the
+    working tree taken now: a long run then measures one version of the code
+    even while snapmeta/ is being edited."""
+    source = HERE.parent / "snapmeta"
+    frozen = Path(tempfile.mkdtemp(prefix="snapmeta-frozen-"))
+    shutil.copytree(source, frozen / "snapmeta", ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(frozen))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(frozen), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    for name in [m for m in sys.modules if m == "snapmeta" or m.startswith("snapmeta.")]:
+        del sys.modules[name]
+    import atexit
+
+    atexit.register(shutil.rmtree, frozen, True)
+    log(f"snapmeta frozen at {frozen} (digest {common.code_digest()})")
+    return frozen
+
+
 def net_options(args: argparse.Namespace) -> network.NetOptions:
     both = list(common.NGFF_VERSIONS)
     if args.smoke:
@@ -1299,7 +1321,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--estimate", action="store_true", help="print the estimated run time and exit"
     )
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="import snapmeta from the working tree in every process (default: a copy "
+        "taken at the start, so that edits during the run do not mix two versions)",
+    )
     args = parser.parse_args(argv)
+    if not args.no_freeze and not args.report_only and not args.estimate:
+        freeze_snapmeta()
     if args.report_only:
         data = json.loads((args.out / "results.json").read_text())
         print(report(data, args.out))

@@ -28,7 +28,13 @@ from typing import Any, TypeVar
 from . import _format as fmt
 from . import _locate, _ngff
 from ._version import __version__
-from ._writer import SnapshotWriter, TempFile, stale_temp_files, write_array_node
+from ._writer import (
+    ARRAY_DOCUMENTS,
+    SnapshotWriter,
+    TempFile,
+    stale_temp_files,
+    write_array_node,
+)
 from .errors import NotAPlateError, PlateValidationError, Problem, SnapshotWriteError
 
 __all__ = ["ProgressCallback", "build_snapshot"]
@@ -353,7 +359,14 @@ def _build(
             },
         )
         if not _locate.is_external(root, str(target)):
-            write_array_node(target.parent, zarr_format, target.stat().st_size)
+            # Describe the chunk that is there now: racing builders each rename
+            # their chunk, then describe; the last description wins, so it is
+            # checked against the chunk once more.
+            for _ in range(3):
+                size = target.stat().st_size
+                write_array_node(target.parent, zarr_format, size)
+                if target.stat().st_size == size:
+                    break
     except OSError as exc:
         temp.discard()
         raise _write_error(target, root, exc) from exc
@@ -365,7 +378,7 @@ def _build(
         # format 1's file, which zarr lists with a warning and no reader uses
         with contextlib.suppress(OSError):
             legacy.unlink()
-    for leftover in stale_temp_files(target):
+    for leftover in stale_temp_files(target, ARRAY_DOCUMENTS):
         with contextlib.suppress(OSError):
             leftover.unlink()
     if progress is not None:

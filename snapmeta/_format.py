@@ -346,6 +346,9 @@ def encode_patch(patch: Mapping[int, Any]) -> list[Any]:
     return out
 
 
+LEAF_TYPES: Final = (type(None), bool, int, float, str)
+
+
 def decode_patch(value: Any, leaves: int, section: str, index: int | None) -> dict[int, Any]:
     if value == []:
         return {}
@@ -359,8 +362,8 @@ def decode_patch(value: Any, leaves: int, section: str, index: int | None) -> di
         if type(key) is not int or not previous < key < leaves:
             raise FormatError(section, index, "patch: leaf indexes must increase within range")
         value_ = items[i + 1]
-        if type(value_) in (dict, list):
-            raise FormatError(section, index, "patch: a leaf cannot be an object or array")
+        if type(value_) not in LEAF_TYPES:
+            raise FormatError(section, index, "patch: a leaf must be a JSON scalar")
         patch[key] = value_
         previous = key
     return patch
@@ -371,9 +374,22 @@ def decode_template(value: Any, index: int) -> Template:
     defaults = _list(defaults, "templates", index, "defaults")
     if count_leaves(shape) != len(defaults):
         raise FormatError("templates", index, "defaults do not match the shape")
-    if any(type(d) in (dict, list) for d in defaults):
-        raise FormatError("templates", index, "a default cannot be an object or array")
+    if any(type(d) not in LEAF_TYPES for d in defaults):
+        raise FormatError("templates", index, "a default must be a JSON scalar")
+    if not _json_shape(shape):
+        raise FormatError("templates", index, "the shape is not a JSON value")
     return Template(shape, tuple(defaults))
+
+
+def _json_shape(value: Any, depth: int = 0) -> bool:
+    """Whether a template shape holds only maps with text keys, arrays and nils."""
+    if depth > 256:
+        return False
+    if type(value) is dict:
+        return all(type(k) is str and _json_shape(v, depth + 1) for k, v in value.items())
+    if type(value) is list:
+        return all(_json_shape(v, depth + 1) for v in value)
+    return value is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +562,62 @@ PLATE_KEYS: Final = (
 )
 
 
+def _check_plate_object(plate: dict[str, Any]) -> None:
+    """The facts a reader serves from the plate object have the types NGFF gives them."""
+    s = "plate"
+    for key in ("rows", "columns"):
+        items = plate.get(key)
+        if type(items) is not list or not items:
+            raise FormatError(s, None, f"plate.{key}: expected a non-empty list")
+        for item in items:
+            if type(item) is not dict or type(item.get("name")) is not str:
+                raise FormatError(s, None, f"plate.{key}: every item needs a text name")
+    acquisitions = plate.get("acquisitions")
+    if acquisitions is not None:
+        if type(acquisitions) is not list:
+            raise FormatError(s, None, "plate.acquisitions: expected a list")
+        for item in acquisitions:
+            if type(item) is not dict or type(item.get("id")) is not int:
+                raise FormatError(s, None, "plate.acquisitions: every item needs an integer id")
+            for key in ("maximumfieldcount", "starttime", "endtime"):
+                if item.get(key) is not None and type(item[key]) is not int:
+                    raise FormatError(s, None, f"plate.acquisitions[].{key}: expected an integer")
+            for key in ("name", "description"):
+                if item.get(key) is not None and type(item[key]) is not str:
+                    raise FormatError(s, None, f"plate.acquisitions[].{key}: expected text")
+    if plate.get("name") is not None and type(plate["name"]) is not str:
+        raise FormatError(s, None, "plate.name: expected text")
+    if plate.get("field_count") is not None and type(plate["field_count"]) is not int:
+        raise FormatError(s, None, "plate.field_count: expected an integer")
+
+
+def decode_array(value: Any, index: int, zarr_format: int) -> dict[str, Any]:
+    """An array entry: the array document, with what a reader uses checked."""
+    s = "arrays"
+    if type(value) is not dict:
+        raise FormatError(s, index, "expected a JSON object")
+    shape = value.get("shape")
+    if type(shape) is not list or any(type(v) is not int or v < 0 for v in shape):
+        raise FormatError(s, index, "shape: expected a list of non-negative integers")
+    if zarr_format == 3:
+        grid = value.get("chunk_grid")
+        config = grid.get("configuration") if type(grid) is dict else None
+        chunks = config.get("chunk_shape") if type(config) is dict else None
+        dtype = value.get("data_type")
+    else:
+        chunks = value.get("chunks")
+        dtype = value.get("dtype")
+    if (
+        type(chunks) is not list
+        or len(chunks) != len(shape)
+        or any(type(v) is not int or v < 1 for v in chunks)
+    ):
+        raise FormatError(s, index, "chunks: expected one positive integer per dimension")
+    if type(dtype) not in (str, list, dict):
+        raise FormatError(s, index, "missing or malformed data type")
+    return value
+
+
 def decode_plate(value: Any, contents: int) -> PlateRecord:
     s = "plate"
     if type(value) is not dict or tuple(value) != PLATE_KEYS:
@@ -555,6 +627,7 @@ def decode_plate(value: Any, contents: int) -> PlateRecord:
     plate = value["plate"]
     if type(plate) is not dict or "wells" in plate:
         raise FormatError(s, None, "plate: expected the plate object without wells")
+    _check_plate_object(plate)
     size, mtime, content = _list(value["root"], s, None, "root", 3)
     _int(size, s, None, "root size")
     _int(mtime, s, None, "root mtime", low=SMUDGED)

@@ -23,10 +23,12 @@ import zarr
 
 from . import _arrays, _locate, _reader
 from ._freshness import Check, OnStale, Policy, Walk, changed_documents, store_is_slow
+from ._fsio import UnsafePathError, check_relative
 from ._sources import JsonSource, PositionMeta, SnapshotSource, WellMeta, not_found
 from .errors import (
     ChannelNotFoundError,
     PositionNotFoundError,
+    SnapshotCorruptError,
     SnapshotFormatError,
     SnapshotNotFoundError,
     SnapshotStaleWarning,
@@ -132,7 +134,13 @@ def _locate_snapshot(root: str, snapshot: str | None, *, refresh: bool) -> _Entr
     key = (root, snapshot)
     entry = _entries.get(key)
     if entry is not None and not refresh:
-        return entry
+        # A snapshot truncated or rewritten in place (cp, truncate, rsync
+        # --inplace as root; mode 0444 stops other users) would kill this
+        # process with SIGBUS on the next page it touches: one fstat, on
+        # local disks only, where it costs a microsecond, not a round trip.
+        if entry.slow or entry.source.reader.still_mapped_whole():
+            return entry
+        refresh = True
     missing: list[str] = []
     for candidate in _locate.snapshot_candidates(root, snapshot):
         try:
@@ -187,6 +195,32 @@ def _check_mode(mode: str) -> Mode:
 
 def _float(value: Any) -> float:
     return float(value)
+
+
+def _key(root: str, path: object, depths: tuple[int, ...] = (2,)) -> str:
+    """A well or position path asked for, checked before it touches the filesystem."""
+    if not isinstance(path, str):
+        raise TypeError(f"position paths are strings like 'B/3/0', not {type(path).__name__}")
+    key = path.strip("/")
+    try:
+        check_relative(key)
+    except UnsafePathError:
+        raise PositionNotFoundError(
+            f"{path!r} is not a path inside plate {root} (like 'B/3/0')",
+            store=root,
+            key=path,
+            suggestions=(),
+        ) from None
+    if key.count("/") not in depths:
+        kind = "well" if depths == (1,) else "position"
+        raise PositionNotFoundError(
+            f"{path!r} is not a {kind} path of plate {root} (like "
+            f"{'B/3' if kind == 'well' else 'B/3/0'})",
+            store=root,
+            key=path,
+            suggestions=(),
+        )
+    return key
 
 
 # ---------------------------------------------------------------------------
@@ -440,7 +474,21 @@ class Position:
         key = meta.array_key(array)
         parsed = _parsed.get(key) if key is not None else None
         if parsed is None:
-            parsed = _arrays.parse_metadata(meta.array_document(array))
+            document = meta.array_document(array)
+            try:
+                parsed = _arrays.parse_metadata(document)
+            except Exception as exc:  # zarr raises many kinds for a bad document
+                if not meta.from_snapshot:
+                    raise
+                reader = self._entry.source.reader
+                raise SnapshotCorruptError(
+                    f"snapshot {reader.path} is corrupt: arrays[{array}]: zarr cannot read "
+                    f"the array document ({exc}); rebuild it with `snapmeta build`",
+                    snapshot=reader.path,
+                    reason=str(exc),
+                    section="arrays",
+                    index=array,
+                ) from exc
             if key is not None:
                 _parsed[key] = parsed
         path = f"{meta.path}/{meta.level_path(i)}"
@@ -758,9 +806,6 @@ class Plate:
         return [p for p in self._entry.source.paths() if p.count("/") == 2]
 
     def __len__(self) -> int:
-        self._check_structure()
-        if self._json is None:
-            return self._entry.source.reader.plate.positions
         return len(self._paths())
 
     def __iter__(self) -> Iterator[str]:
@@ -770,7 +815,7 @@ class Plate:
         if not isinstance(key, str):
             return False
         try:
-            self._resolve(key.strip("/"), kind=None)
+            self._resolve(_key(self._root, key, (1, 2)), kind=None)
         except PositionNotFoundError:
             return False
         return True
@@ -782,14 +827,12 @@ class Plate:
 
     def well(self, path: str) -> Well:
         """The well at ``path`` (e.g. ``"B/3"``), checked against its document."""
-        meta = self._resolve(path.strip("/"), kind="well")
+        meta = self._resolve(_key(self._root, path, (1,)), kind="well")
         assert isinstance(meta, WellMeta)
         return Well(meta, self.rows, self.columns)
 
     def __getitem__(self, key: str) -> Position:
-        if not isinstance(key, str):
-            raise TypeError(f"position paths are strings like 'B/3/0', not {type(key).__name__}")
-        meta = self._resolve(key.strip("/"), kind="position")
+        meta = self._resolve(_key(self._root, key), kind="position")
         assert isinstance(meta, PositionMeta)
         walk, self._last_walk = self._last_walk, None
         return Position(
@@ -879,7 +922,7 @@ def _from_snapshot(
         changed = changed_documents(root, docs, fps, policy.check, source.reader.digest, walk=walk)
         if changed:
             return _Changed(changed, True)
-        source.reader.check_sections()  # a damaged lookup must not pass for a miss
+        source.reader.confirm_miss(key)  # a damaged lookup must not pass for a miss
         return None
     index, payload = found
     if depth == 1:
@@ -921,8 +964,22 @@ def _reopen_plate(
 
 
 _identity_seen: dict[str, tuple[int, tuple[int, int, int, int]]] = {}
-# A worker re-checks the snapshot's identity at most this often.
-FAN_OUT_RECHECK_NS = 1_000_000_000
+# In a fan-out, a worker re-checks which file the snapshot is at most this often.
+IDENTITY_RECHECK_NS = 1_000_000_000
+
+
+def _recent_identity(path: str, max_age_ns: int = IDENTITY_RECHECK_NS) -> tuple[int, int, int, int]:
+    """The snapshot file's identity, from a stat at most ``max_age_ns`` old."""
+    now = time.monotonic_ns()
+    seen = _identity_seen.get(path)
+    if seen is None or now - seen[0] > max_age_ns:
+        try:
+            st = os.stat(path)
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            identity = (0, 0, 0, 0)
+        seen = _identity_seen[path] = (now, identity)
+    return seen[1]
 
 
 class FanOut:
@@ -961,16 +1018,7 @@ class FanOut:
         return f"<snapmeta.FanOut {self.root!r}>"
 
     def _snapshot_unchanged(self) -> bool:
-        now = time.monotonic_ns()
-        seen = _identity_seen.get(self.snapshot_path)
-        if seen is None or now - seen[0] > FAN_OUT_RECHECK_NS:
-            try:
-                st = os.stat(self.snapshot_path)
-                identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            except OSError:
-                identity = (0, 0, 0, 0)
-            seen = _identity_seen[self.snapshot_path] = (now, identity)
-        return seen[1] == self.identity
+        return _recent_identity(self.snapshot_path) == self.identity
 
     def open_position(self, path: str, *, mode: Mode | None = None) -> Position:
         """Open one position without checking its documents (see the class)."""
@@ -988,8 +1036,8 @@ class FanOut:
             entry = _locate_snapshot(self.root, self.snapshot, refresh=True)
             if entry.source.reader.identity != self.identity:
                 return open_position(self.root, path, mode=mode, snapshot=self.snapshot)
-        key = path.strip("/")
-        found = entry.source.find(key) if key.count("/") == 2 else None
+        key = _key(self.root, path)
+        found = entry.source.find(key)
         if found is None:
             raise not_found(self.root, key, entry.source.paths())
         meta = entry.source.position(key, *found)
@@ -1072,6 +1120,9 @@ def open_position(
     key = path.strip("/")
     snap = None if snapshot is None else os.fspath(snapshot)
     entry = _locate_snapshot(root, snap, refresh=False)
+    if policy.check == "none" and _recent_identity(entry.path, 0) != entry.source.reader.identity:
+        # no document is checked: only this stat notices a rebuilt snapshot
+        entry = _locate_snapshot(root, snap, refresh=True)
     for attempt in range(3):
         source = entry.source
         walk = entry.walk()

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from . import _format as fmt
-from ._fsio import UnreadableFileError, open_regular
+from ._fsio import UnreadableFileError, UnsafePathError, check_relative, open_regular
 from .errors import (
     SnapshotCorruptError,
     SnapshotFormatError,
@@ -89,14 +89,24 @@ def _view(
 
 
 def _list_values(name: str, column: pa.Array, path: str) -> pa.Array:
-    """The values of a one-row list column, after O(1) structural checks."""
+    """The values of a one-row list column, after checks that touch no data page.
+
+    Readers use the values directly; the list's own offsets (which must be
+    ``[0, n]``) are checked with the whole-section checks, so that an open
+    reads only the pages it needs.
+    """
     if len(column) != 1 or column.null_count:
         raise _corrupt(path, f"{name}: expected one non-null list", name)
-    offsets = _view(column.buffers()[1], "i", 2, name, path)
     values = column.values
-    if offsets[0] != 0 or offsets[1] != len(values) or values.null_count:
-        raise _corrupt(path, f"{name}: list offsets do not cover the values", name)
+    if values.null_count:
+        raise _corrupt(path, f"{name}: null values", name)
     return values
+
+
+def _check_list_offsets(name: str, column: pa.Array, path: str) -> None:
+    offsets = _view(column.buffers()[1], "i", 2, name, path)
+    if offsets[0] != 0 or offsets[1] != len(column.values):
+        raise _corrupt(path, f"{name}: list offsets do not cover the values", name)
 
 
 class SnapshotReader:
@@ -111,10 +121,12 @@ class SnapshotReader:
         self._cache: dict[tuple[str, int], Any] = {}
         self._checked: set[str] = set()
         buf = pa.py_buffer(data)
+        if data[:6] != b"ARROW1":
+            raise _corrupt(path, "not an Arrow IPC file (no leading magic)")
         try:
             reader = ipc.open_file(pa.BufferReader(buf))
             schema = reader.schema
-        except (pa.ArrowException, OSError, ValueError) as exc:
+        except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
             raise _corrupt(path, f"not an Arrow IPC file ({exc})") from exc
         _check_version(path, schema)
         if not schema.equals(fmt.SCHEMA, check_metadata=True):
@@ -127,7 +139,7 @@ class SnapshotReader:
             batch.validate()
         except SnapshotFormatError:
             raise
-        except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
+        except (pa.ArrowException, OSError, ValueError, IndexError, EOFError) as exc:
             raise _corrupt(path, f"unreadable record batch ({exc})") from exc
         if batch.num_rows != 1 or batch.column("plate").null_count:
             raise _corrupt(path, "expected exactly one row")
@@ -210,12 +222,10 @@ class SnapshotReader:
     def array(self, index: int) -> dict[str, Any]:
         """The array document (JSON value) of entry ``index``. Callers must not mutate it."""
 
-        def check(value: Any) -> dict[str, Any]:
-            if type(value) is not dict:
-                raise fmt.FormatError("arrays", index, "expected a JSON object")
-            return value
-
-        return self._shared_entry("arrays", index, check)
+        zarr_format = self.plate.zarr_format
+        return self._shared_entry(
+            "arrays", index, lambda v: fmt.decode_array(v, index, zarr_format)
+        )
 
     def array_key(self, index: int) -> tuple[Identity, int]:
         """Key of entry ``index``'s parsed metadata in per-process caches."""
@@ -233,10 +243,15 @@ class SnapshotReader:
     # -- nodes -----------------------------------------------------------------------
 
     def node_path(self, index: int) -> str:
+        """Path of node ``index``, checked to be a well or position path inside the plate."""
         try:
-            return str(self._paths.raw(index, self.path), "utf-8")
-        except UnicodeDecodeError as exc:
-            raise _corrupt(self.path, f"paths[{index}]: not UTF-8", "paths", index) from exc
+            path = str(self._paths.raw(index, self.path), "utf-8")
+            check_relative(path)
+        except (UnicodeDecodeError, UnsafePathError) as exc:
+            raise _corrupt(self.path, f"paths[{index}]: {exc}", "paths", index) from exc
+        if path.count("/") not in (1, 2):
+            raise _corrupt(self.path, f"paths[{index}]: not a plate path", "paths", index)
+        return path
 
     def find(self, path: str) -> tuple[int, memoryview] | None:
         """``(node index, payload)`` of ``path``, or None.
@@ -330,10 +345,33 @@ class SnapshotReader:
         self._check_once("paths", lambda: fmt.paths_checksum(paths))
         return paths
 
+    def check_paths(self) -> None:
+        """Check the paths section whole, once per process (node paths are then trusted)."""
+        if "paths" not in self._checked:
+            self.paths()
+
+    def confirm_miss(self, path: str) -> None:
+        """Raise if ``path`` is a node after all: the lookup would then be damaged."""
+        self.check_sections()
+        known = self._cache.get(("paths", -1))
+        if known is None:
+            known = self._cache[("paths", -1)] = frozenset(self.paths())
+        if path in known:
+            raise _corrupt(self.path, f"lookup: {path!r} exists but is not found", "lookup")
+
     def check_sections(self) -> None:
         """Check the lookup and path sections whole (confirms a miss is real)."""
+        self.check_lists()
         self.paths()
         self._check_once("lookup", lambda: zlib.crc32(self._slots))
+
+    def check_lists(self) -> None:
+        """Every list column's offsets are ``[0, n]`` (the single value holds all entries)."""
+        if "lists" not in self._checked:
+            for field in fmt.SCHEMA:
+                if field.name != "plate":
+                    _check_list_offsets(field.name, self._batch.column(field.name), self.path)
+            self._checked.add("lists")
 
     def check_contents(self) -> None:
         self._check_once("contents", lambda: zlib.crc32(self._contents))
@@ -346,11 +384,16 @@ class SnapshotReader:
         self._checked.add(section)
 
     def still_mapped_whole(self) -> bool:
-        """Whether the file still has the size that was mapped (a truncation would SIGBUS)."""
+        """Whether the mapped file still has the size and mtime it was mapped with.
+
+        A truncation would make the next page touched SIGBUS; a rewrite in
+        place would mix two files' bytes.
+        """
         try:
-            return os.fstat(self._fd).st_size == self.identity[2]
+            st = os.fstat(self._fd)
         except OSError:
             return False
+        return (st.st_size, st.st_mtime_ns) == self.identity[2:]
 
     def close(self) -> None:
         # The mapping stays valid until every view of it is gone; closing the
@@ -407,7 +450,7 @@ def _check_leading_schema(path: str, buf: pa.Buffer, footer: pa.Schema) -> None:
     try:
         message = ipc.read_message(pa.BufferReader(buf.slice(8)))
         leading = ipc.read_schema(message)
-    except (pa.ArrowException, OSError, ValueError) as exc:
+    except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
         raise _corrupt(path, f"unreadable leading schema ({exc})", "schema") from exc
     if not leading.equals(footer, check_metadata=True):
         raise _corrupt(path, "the leading schema differs from the footer's", "schema")

@@ -175,11 +175,21 @@ class SnapshotSource:
     def position(self, path: str, index: int, payload: memoryview) -> PositionMeta:
         reader = self.reader
         record, image = reader.position(index, payload)
+        template = reader.template(image.template)
+        for level in image.levels:  # untrusted input: checked before any path is built
+            ref = level.path
+            name = record.patch[ref] if ref in record.patch else template.defaults[ref]
+            if type(name) is not str:
+                raise reader_corrupt(reader, index, "a level path is not text")
+            try:
+                check_relative(name)
+            except UnsafePathError as exc:
+                raise reader_corrupt(reader, index, f"level path: {exc}") from None
         meta = PositionMeta(
             path,
             self.zarr_format,
             image,
-            reader.template(image.template),
+            template,
             record.patch,
             record.acquisition,
             record.documents,
@@ -195,9 +205,11 @@ class SnapshotSource:
         record = reader.well(index, payload)
         if index + record.count >= reader.node_count:
             raise reader_corrupt(reader, index, "well position count runs past the nodes")
+        # the paths section's CRC, checked once, vouches for the positions' paths
+        reader.check_paths()
         positions = tuple(reader.node_path(index + 1 + i) for i in range(record.count))
         for p in positions:
-            if p.rpartition("/")[0] != path:
+            if p.count("/") != 2 or p.rpartition("/")[0] != path:
                 raise reader_corrupt(reader, index, "well positions do not follow the well")
         return WellMeta(
             path,

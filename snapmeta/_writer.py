@@ -134,8 +134,16 @@ def write_array_node(array_dir: Path, zarr_format: int, size: int) -> None:
             },
             ".zattrs": attributes,
         }
+    write_json_documents(array_dir, docs)
+
+
+ARRAY_DOCUMENTS = (".zarray", ".zattrs", "zarr.json")
+
+
+def write_json_documents(directory: Path, docs: dict[str, dict[str, Any]]) -> None:
+    """Replace each document atomically (temp file, fsync, rename), then fsync the directory."""
     for name, doc in docs.items():
-        target = array_dir / name
+        target = directory / name
         tmp = target.with_name(f"{name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
@@ -147,14 +155,20 @@ def write_array_node(array_dir: Path, zarr_format: int, size: int) -> None:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-    _fsync_dir(array_dir)
+    _fsync_dir(directory)
 
 
-def stale_temp_files(target: Path, older_than_s: float = 3600.0) -> list[Path]:
-    """Temp files of builders that died long ago (younger ones may be running)."""
+def stale_temp_files(
+    target: Path, others: tuple[str, ...] = (), older_than_s: float = 3600.0
+) -> list[Path]:
+    """Temp files of builders that died long ago (younger ones may be running):
+    the snapshot's, and those of the ``others`` files written beside it."""
     now = time.time()
     found = []
-    for path in target.parent.glob(f"{target.name}.*{TEMP_SUFFIX}"):
+    candidates = [
+        p for name in (target.name, *others) for p in target.parent.glob(f"{name}.*{TEMP_SUFFIX}")
+    ]
+    for path in candidates:
         with contextlib.suppress(OSError):
             if now - path.stat().st_mtime > older_than_s:
                 found.append(path)

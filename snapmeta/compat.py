@@ -15,7 +15,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, MutableMapping
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 try:
     import iohub.ngff as _io
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 Mode = Literal["r", "r+", "a"]
+_T = TypeVar("_T")
 
 # Versions as the installed iohub derives them: from iohub 0.3.0 on, a plate without
 # an "ome" wrapper is NGFF 0.4 (before, it had the `version` argument); from 0.3.2 on,
@@ -101,7 +102,8 @@ class Attributes(MutableMapping[str, Any]):
     and fail in mode ``"r"`` as there; reads then come from that document."""
 
     def __init__(self, node: _Node, read: Callable[[], dict[str, Any]]) -> None:
-        self._node, self._read, self._data = node, read, None
+        self._node, self._read = node, read
+        self._data: dict[str, Any] | None = None
 
     @property
     def _dict(self) -> dict[str, Any]:
@@ -132,7 +134,7 @@ class Attributes(MutableMapping[str, Any]):
     def __delitem__(self, key: str) -> None:
         self._write(lambda attrs: attrs.__delitem__(key))
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         self._write(lambda attrs: attrs.update(*args, **kwargs))
 
     def put(self, d: dict[str, Any]) -> None:
@@ -223,7 +225,7 @@ class _Node:
     @cached_property
     def zgroup(self) -> zarr.Group:
         """The node's zarr group, opened on first use (this reads its document)."""
-        mode = "r" if self._plate._mode == "r" else "r+"
+        mode: Literal["r", "r+"] = "r" if self._plate._mode == "r" else "r+"
         return zarr.open_group(self._plate._root, path=self._key, mode=mode)
 
     def print_tree(self, level: int | None = None) -> None:
@@ -284,7 +286,7 @@ class ImageArray(CheckedArray):
     def dask_array(self) -> Any:
         import dask.array as da
 
-        return da.from_zarr(self)
+        return da.from_zarr(self)  # type: ignore[no-untyped-call]
 
     def write_from_dask(self, dask_array: Any) -> None:
         dask_array.store(self, lock=False)
@@ -328,10 +330,11 @@ class Position(_Node):
 
     @property
     def axes(self) -> list[Any]:
-        return self.metadata.multiscales[0].axes
+        axes: list[Any] = self.metadata.multiscales[0].axes
+        return axes
 
     @cached_property
-    def channel_names(self) -> list[Any]:  # type: ignore[override]
+    def channel_names(self) -> list[Any]:
         names = list(self._core.channel_names)
         if names and all(name != str(i) for i, name in enumerate(names)):
             return names  # every channel has a string label, which is what iohub reads
@@ -436,7 +439,7 @@ class Plate(_Node):
         """The :class:`snapmeta.Plate` behind this plate (opened with ``on_stale="raise"``)."""
         return self._core
 
-    def _guard(self, native: Callable[[], Any], delegate: Callable[[Any], Any]) -> Any:
+    def _guard(self, native: Callable[[], _T], delegate: Callable[[Any], _T]) -> _T:
         """``native()``; once the snapshot proved stale, ``delegate(iohub's plate)``."""
         if self._io is None:
             try:
@@ -458,7 +461,7 @@ class Plate(_Node):
         return layout
 
     def _members(self) -> list[str]:
-        return self._guard(lambda: list(self._layout), list)
+        return self._guard(lambda: list(self._layout), lambda io: list(io))
 
     def _child(self, path: str) -> Any:
         return self._guard(lambda: self._item(path), lambda io: io[path])
@@ -494,21 +497,22 @@ class Plate(_Node):
         """iohub's ``PlateMeta``; the root document is read on first use."""
         return _iohub_meta(_models.PlateMeta, self, "plate")
 
-    def _first(self, name: str) -> Any:
+    def _first(self, name: str) -> list[Any]:
         """``name`` of iohub's first position: the first field of the plate's first well."""
 
         def native() -> Any:
             well = self._core.well(self._core.wells[0])
             return getattr(Position(self, self._core[well.positions[0]]), name)
 
-        return self._guard(native, lambda io: getattr(io, name))
+        value: list[Any] = self._guard(native, lambda io: getattr(io, name))
+        return value
 
     @cached_property
-    def channel_names(self) -> list[Any]:  # type: ignore[override]
+    def channel_names(self) -> list[Any]:
         return self._first("channel_names")
 
     @cached_property
-    def axes(self) -> list[Any]:  # type: ignore[override]
+    def axes(self) -> list[Any]:
         return self._first("axes")
 
 

@@ -29,7 +29,7 @@ def forkserver_context() -> Any:
     if _FORKSERVER is None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(
-            ["snapmeta", "snapmeta._build", "snapmeta._ngff", "zarr", "pyarrow"]
+            ["snapmeta", "snapmeta._build", "snapmeta._ngff._validate", "zarr", "pyarrow"]
         )
         _FORKSERVER = ctx
     return _FORKSERVER

@@ -368,7 +368,8 @@ class PeerProcess:
             "from benchmarks import network\n"
             f"network.serve({peer!r})\n"
         )
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        # PYTHONPATH is kept: compare.py points it at its frozen copy of snapmeta
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
         self.proc = subprocess.Popen(
             [python, "-c", code],
             stdin=subprocess.PIPE,

@@ -144,6 +144,29 @@ def unchanged(
     return True
 
 
+class LocalWalk:
+    """The directories found inside the store during one check on a local disk.
+
+    A position's level check right after its open reuses them, as a
+    :class:`Walk` reuses its handles on a network filesystem.
+    """
+
+    __slots__ = ("checked", "started")
+
+    def __init__(self) -> None:
+        self.checked: set[str] = set()
+        self.started = time.monotonic_ns()
+
+    def fresh(self) -> bool:
+        return time.monotonic_ns() - self.started < WALK_REUSE_NS
+
+    def stat(self, relpath: str) -> None:
+        """Nothing to start ahead on a local disk."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 def _outside_dirs(root: str, relpaths: Sequence[str], checked: set[str]) -> set[str]:
     """Directories of ``relpaths`` that are symlinks leading out of the store.
 
@@ -158,7 +181,7 @@ def _outside_dirs(root: str, relpaths: Sequence[str], checked: set[str]) -> set[
             current = f"{current}/{part}" if current else part
             if current in checked:
                 continue
-            if any(current == o or current.startswith(o + "/") for o in outside):
+            if outside and any(current == o or current.startswith(o + "/") for o in outside):
                 break
             try:
                 st = os.lstat(f"{root}/{current}")
@@ -178,7 +201,7 @@ def changed_documents(
     check: Check,
     digest_of: Callable[[int], bytes],
     checked_dirs: set[str] | None = None,
-    walk: Walk | None = None,
+    walk: Walk | LocalWalk | None = None,
 ) -> list[str]:
     """The documents among ``relpaths`` that no longer match their fingerprints.
 
@@ -188,7 +211,9 @@ def changed_documents(
     """
     if check == "none" or not relpaths:
         return []
-    if walk is not None:
+    if isinstance(walk, LocalWalk):
+        checked_dirs = walk.checked
+    elif walk is not None:
         try:
             probes = walk.probe(relpaths)
         except WalkClosed:  # evicted by other threads' walks: walk again

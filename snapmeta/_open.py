@@ -22,7 +22,15 @@ from typing import Any, Literal
 import zarr
 
 from . import _arrays, _locate, _reader
-from ._freshness import Check, OnStale, Policy, Walk, changed_documents, store_is_slow
+from ._freshness import (
+    Check,
+    LocalWalk,
+    OnStale,
+    Policy,
+    Walk,
+    changed_documents,
+    store_is_slow,
+)
 from ._fsio import UnsafePathError, check_relative
 from ._sources import JsonSource, PositionMeta, SnapshotSource, WellMeta, not_found
 from .errors import (
@@ -106,8 +114,9 @@ class _Entry:
     stores: dict[bool, Any]
     slow: bool  # stats are round trips: walk directories, check concurrently
 
-    def walk(self) -> Walk | None:
-        return Walk(self.root) if self.slow else None
+    def walk(self) -> Walk | LocalWalk:
+        """State for one round of checks: directory handles, or directories seen."""
+        return Walk(self.root) if self.slow else LocalWalk()
 
 
 _entries: dict[tuple[str, str | None], _Entry] = {}
@@ -253,7 +262,7 @@ class Position:
         mode: Mode,
         policy: Policy,
         snapshot: str | None,
-        walk: Walk | None = None,
+        walk: Walk | LocalWalk | None = None,
     ) -> None:
         self._root = root
         self._walk = walk
@@ -636,7 +645,7 @@ class Plate:
         self._policy = policy
         self._snapshot = snapshot
         self._json: JsonSource | None = None
-        self._last_walk: Walk | None = None
+        self._last_walk: Walk | LocalWalk | None = None
         self._structure_checked = False
         self._plate = entry.source.plate()
         changed = changed_documents(
@@ -793,8 +802,7 @@ class Plate:
                 reader.digest,
                 walk=walk,
             )
-            if walk is not None:
-                walk.close()
+            walk.close()
         if changed:
             self._switch_to_json(changed, "the plate layout is read from its JSON documents")
         self._structure_checked = True
@@ -897,7 +905,7 @@ def _from_snapshot(
     source: SnapshotSource,
     key: str,
     policy: Policy,
-    walk: Walk | None,
+    walk: Walk | LocalWalk | None,
     extra: tuple[list[str], list[Any]] = ([], []),
 ) -> PositionMeta | WellMeta | _Changed | None:
     """``key``'s checked record, the documents found changed, or None (not in the plate).
@@ -939,7 +947,7 @@ def _from_snapshot(
     meta = source.position(key, index, payload)
     docs, own_fps = meta.structure_documents()
     fps = list(own_fps)
-    if walk is not None:
+    if isinstance(walk, Walk):
         # Level 0's documents in the same round, not waited for: nearly every
         # caller opens level 0 next, and then finds them checked already.
         for doc in meta.level_documents(0)[0]:

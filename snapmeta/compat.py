@@ -27,13 +27,20 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess
     ) from exc
 import zarr
 from packaging.version import Version
+from pydantic import ValidationError
 
 from ._arrays import CheckedArray
 from ._open import Plate as _CorePlate
 from ._open import Position as _CorePosition
 from ._open import Well as _CoreWell
 from ._open import open_plate
-from .errors import PositionNotFoundError, SnapshotNotFoundError, StaleSnapshotError
+from .errors import (
+    PlateValidationError,
+    PositionNotFoundError,
+    Problem,
+    SnapshotNotFoundError,
+    StaleSnapshotError,
+)
 
 __all__ = [
     "Attributes",
@@ -242,12 +249,27 @@ class _Node:
     get_channel_index = _io.NGFFNode.get_channel_index
 
 
+def _validated(node: _Node, build: Callable[[], Any]) -> Any:
+    """An iohub model of ``node``; iohub's rejection of its metadata as snapmeta's error."""
+    try:
+        return build()
+    except ValidationError as exc:
+        name = "zarr.json" if node._plate._core.zarr_format == 3 else ".zattrs"
+        doc = f"{node._key}/{name}".lstrip("/")
+        problems = [Problem(doc, ".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
+        raise PlateValidationError(
+            f"{doc}: iohub's models reject this metadata: {exc}",
+            store=node._plate._root,
+            problems=tuple(problems),
+        ) from exc
+
+
 def _iohub_meta(model: Any, node: _Node, key: str) -> Any:
     """A plate's or well's model as iohub builds it: given the node's version if it has
     none (iohub also adds it to its in-memory attributes; compat does not)."""
     meta = dict(node.maybe_wrapped_ome_attrs[key])
     meta.setdefault("version", node.version)
-    return model(**meta)
+    return _validated(node, lambda: model(**meta))
 
 
 class ImageArray(CheckedArray):
@@ -326,7 +348,7 @@ class Position(_Node):
         attrs = dict(self.maybe_wrapped_ome_attrs)
         if _IMAGE_VERSION and "version" not in attrs:
             attrs["version"] = self.version
-        return _models.ImagesMeta.model_validate(attrs)
+        return _validated(self, lambda: _models.ImagesMeta.model_validate(attrs))
 
     @property
     def axes(self) -> list[Any]:

@@ -346,6 +346,29 @@ def test_iteration_order_is_iohubs(tmp_path):
     ]
 
 
+def test_metadata_iohubs_models_reject_is_a_snapmeta_error(tmp_path):
+    """snapmeta accepts any unit; iohub's models do not. Compat still serves the
+    position, and says so (located) when a model is needed."""
+    store = write_plate(tmp_path / "p.ome.zarr", rows=1, columns=1, ngff="0.4", data="none")
+    document = store / "A/1/0/.zattrs"
+    attrs = json.loads(document.read_text())
+    attrs["multiscales"][0]["axes"][-1]["unit"] = "pixel"
+    document.write_text(json.dumps(attrs))
+    snapmeta.build_snapshot(store)
+    pos = compat.open_ome_zarr(store)["A/1/0"]
+    assert pos.channel_names == ["DAPI", "GFP"]  # no model needed
+    assert pos.data.shape == (1, 2, 4, 64, 64)
+    for access in (lambda: pos.metadata, lambda: pos.scale, lambda: pos.axes):
+        with pytest.raises(snapmeta.PlateValidationError, match="iohub's models reject") as info:
+            access()
+        assert isinstance(info.value, ValueError)
+        assert {p.document for p in info.value.problems} == {"A/1/0/.zattrs"}
+        assert any("axes" in p.field for p in info.value.problems)
+    # iohub rejects the same metadata: it logs, and cannot give this position's channels
+    with pytest.raises(AttributeError, match="Channel names not available"):
+        iohub_ngff.open_ome_zarr(store)["A/1/0"]
+
+
 # --------------------------------------------------------------------------- requires iohub
 
 NO_IOHUB = """

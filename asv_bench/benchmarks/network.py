@@ -601,7 +601,9 @@ def run_network(opt: NetOptions, log: Callable[[str], None]) -> dict[str, Any]:
                     fs = mounts[cache]
                     mnt = fs.path
                     src = mnt / fixtures["plates"][key].relative_to(root)
-                    cycle = common.sample_paths(layout, 64)
+                    # as many positions as possible, so that with caches on a
+                    # position is rarely revisited within the 1 s timeouts
+                    cycle = common.sample_paths(layout, 1024)
                     for delay in opt.delays_ms:
                         name = f"{key}/{cache}/{delay:g}ms"
                         t_config = time.perf_counter()
@@ -692,8 +694,8 @@ def _run_config(
     # snapshot pages; the source chunks of the task are read once (page cache)
     fs.set_delay_ms(0)
     for peer in ok["open"]:
-        with contextlib.suppress(RuntimeError):
-            procs[peer].call(cmd="run", op="open", paths=cycle, budget=0.3, min=2)
+        with contextlib.suppress(RuntimeError):  # the snapshot's pages, zarr's caches
+            procs[peer].call(cmd="run", op="open", paths=cycle, budget=0.5, min=2)
     for peer in ok["task"]:
         for f in {f for p in dst_of[peer][1] for f in _chunk_files(src, p)}:
             with open(f, "rb") as fh:
@@ -707,7 +709,11 @@ def _run_config(
         if not peers:
             continue
         accs = {p: _Acc() for p in peers}
-        cursors = dict.fromkeys(peers, 0)
+        # each peer starts elsewhere in the cycle: no peer finds the entries of
+        # the positions the previous peer just opened in the kernel's caches
+        cursors = {p: i * len(cycle) // len(peers) for i, p in enumerate(peers)}
+        if op == "task":
+            cursors = dict.fromkeys(peers, 0)
         budget = (opt.open_budget if op == "open" else opt.task_budget) / opt.rounds
         least = math.ceil((opt.open_min if op == "open" else opt.task_min) / opt.rounds)
         most = math.ceil((opt.open_max if op == "open" else opt.task_max) / opt.rounds)

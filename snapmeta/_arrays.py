@@ -60,6 +60,7 @@ class CheckedArray(zarr.Array):  # type: ignore[type-arg]
     since it was opened (a deleted or replaced plate) and says so."""
 
     _snapmeta_recheck: Callable[[BaseException], None] | None = None
+    _snapmeta_changed: Callable[[], None] | None = None
 
     def __getitem__(self, selection: Any) -> Any:
         try:
@@ -80,6 +81,36 @@ class CheckedArray(zarr.Array):  # type: ignore[type-arg]
         if recheck is not None:
             recheck(exc)
 
+    # Writes of the array's document: the handle that opened it must check
+    # the document again next time, since the snapshot no longer mirrors it.
+
+    def resize(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().resize(*args, **kwargs)
+        finally:
+            self._changed()
+
+    def append(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().append(*args, **kwargs)
+        finally:
+            self._changed()
+
+    def update_attributes(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            updated = super().update_attributes(*args, **kwargs)
+        finally:
+            self._changed()
+        if isinstance(updated, CheckedArray):
+            updated._snapmeta_recheck = self._snapmeta_recheck
+            updated._snapmeta_changed = self._snapmeta_changed
+        return updated
+
+    def _changed(self) -> None:
+        changed = self._snapmeta_changed
+        if changed is not None:
+            changed()
+
 
 _prototypes: dict[tuple[int, bool, int], Any] = {}
 
@@ -97,6 +128,7 @@ def array_from_metadata(
     metadata: Any,
     recheck: Callable[[BaseException], None] | None = None,
     cls: type[CheckedArray] = CheckedArray,
+    changed: Callable[[], None] | None = None,
 ) -> CheckedArray:
     """An array over ``metadata`` (shared, never modified) at ``path`` in ``store``."""
     key = (id(metadata), store.read_only, id(store))
@@ -115,4 +147,6 @@ def array_from_metadata(
     array = cls(async_array)
     if recheck is not None:
         array._snapmeta_recheck = recheck
+    if changed is not None:
+        array._snapmeta_changed = changed
     return array

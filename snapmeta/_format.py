@@ -372,12 +372,12 @@ def decode_patch(value: Any, leaves: int, section: str, index: int | None) -> di
 def decode_template(value: Any, index: int) -> Template:
     shape, defaults = _list(value, "templates", index, "template", 2)
     defaults = _list(defaults, "templates", index, "defaults")
+    if not _json_shape(shape):  # first: it bounds the depth the walks below recurse to
+        raise FormatError("templates", index, "the shape is not a JSON value")
     if count_leaves(shape) != len(defaults):
         raise FormatError("templates", index, "defaults do not match the shape")
     if any(type(d) not in LEAF_TYPES for d in defaults):
         raise FormatError("templates", index, "a default must be a JSON scalar")
-    if not _json_shape(shape):
-        raise FormatError("templates", index, "the shape is not a JSON value")
     return Template(shape, tuple(defaults))
 
 

@@ -64,12 +64,14 @@ class Policy:
     def stale(self, store: str, changed: Sequence[str], what: str, *, stacklevel: int = 4) -> None:
         """Raise or warn that ``changed`` documents differ from the snapshot."""
         shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
-        message = (
-            f"snapshot of {store} is stale ({shown} changed); {what}. "
-            f"Rebuild it with `snapmeta build {store}`"
-        )
+        rebuild = f"Rebuild it with `snapmeta build {store}`"
         if self.on_stale == "raise":
-            raise StaleSnapshotError(message, store=store, changed=tuple(changed))
+            raise StaleSnapshotError(
+                f"snapshot of {store} is stale ({shown} changed). {rebuild}",
+                store=store,
+                changed=tuple(changed),
+            )
+        message = f"snapshot of {store} is stale ({shown} changed); {what}. {rebuild}"
         warnings.warn(message, SnapshotStaleWarning, stacklevel=stacklevel)
 
 

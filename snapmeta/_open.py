@@ -507,7 +507,12 @@ class Position:
             parsed,
             recheck=functools.partial(self._recheck, i),
             cls=cls,
+            changed=functools.partial(self._forget_check, i),
         )
+
+    def _forget_check(self, i: int) -> None:
+        """An array of level ``i`` wrote its document: check it again on next use."""
+        self._checked &= ~(1 << i)
 
     def _recheck(self, i: int, exc: BaseException) -> None:
         """Called when zarr fails on an array of this handle: did the plate change?"""

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import snapmeta
-from snapmeta.testing import write_plate
 from snapmeta.compat import open_ome_zarr
+from snapmeta.testing import write_plate
 
 
 def _array_attrs(store: Path, node: str, ngff: str) -> dict[str, Any]:

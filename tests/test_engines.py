@@ -169,7 +169,7 @@ def test_joblib_loky_copy(sources, tmp_path, version):
     with joblib.parallel_config(backend="loky", n_jobs=2):
         results = joblib.Parallel()(joblib.delayed(copy_position)(s, d) for s, d in tasks)
     _check(results, src_store, dst_store)
-    assert len({r["pid"] for r in results}) >= 1
+    assert os.getpid() not in {r["pid"] for r in results}  # the tasks ran in workers
     print(f"joblib/loky {version}: {time.perf_counter() - start:.2f} s")
 
 
@@ -236,6 +236,6 @@ def test_audit_catches_metadata(sources):
     plain = zarr.open_array(store=str(sources["0.4"] / "A/1/0/0"), mode="r")
     with pytest.raises(AssertionError):
         _audit(plain, pickle.dumps)
-    record = snapmeta.open_position(sources["0.4"], "A/1/0")._record  # what a handle must not carry
+    record = snapmeta.open_position(sources["0.4"], "A/1/0").attrs  # what a handle must not carry
     with pytest.raises(AssertionError, match="metadata"):
         _audit(record, pickle.dumps)

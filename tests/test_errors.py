@@ -71,9 +71,9 @@ def test_hierarchy_and_pickling(cls, builtin, fields):
 def test_fields_are_declared(cls, builtin, fields):
     assert set(cls.fields) == set(fields)
     name = next(iter(fields))
-    with pytest.raises(TypeError, match=f"missing field.*{name}"):
+    with pytest.raises(TypeError, match=rf"missing field.*{name}"):
         cls("m", **{k: v for k, v in fields.items() if k != name})
-    with pytest.raises(TypeError, match="unknown field.*colour"):
+    with pytest.raises(TypeError, match=r"unknown field.*colour"):
         cls("m", colour="red", **fields)
 
 

@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 import zarr
+from conftest import snapshot_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import snapmeta
-from conftest import snapshot_file
 from snapmeta import _format
 from snapmeta.errors import SnapshotCorruptError, UnsupportedFormatVersionError
 
@@ -102,10 +102,10 @@ def test_golden_values_that_json_text_would_lose(golden: tuple[Path, dict[str, A
 @pytest.mark.parametrize("ngff", ["0.4", "0.5"])
 def test_format_1_says_rebuild(ngff: str, tmp_path: Path) -> None:
     store = shutil.copytree(GOLDEN / "v1" / f"plate-{ngff}.ome.zarr", tmp_path / "p.zarr")
-    with pytest.raises(UnsupportedFormatVersionError, match="format 1.*snapmeta build") as info:
+    with pytest.raises(UnsupportedFormatVersionError, match=r"format 1.*snapmeta build") as info:
         snapmeta.open_plate(store)
     assert info.value.found_version == "1"
-    with pytest.raises(UnsupportedFormatVersionError, match="older snapmeta.*Rebuild"):
+    with pytest.raises(UnsupportedFormatVersionError, match=r"older snapmeta.*Rebuild"):
         snapmeta.open_plate(store, snapshot=store / ".snapmeta.arrow")
     snapmeta.build_snapshot(store)
     assert not (store / ".snapmeta.arrow").exists()  # the builder removes format 1's file
@@ -197,8 +197,9 @@ json_leaves = (
 )
 json_values = st.recursive(
     json_leaves,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=30,
 )
 

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from conftest import snapshot_file
 
 import snapmeta
-from conftest import snapshot_file
 from snapmeta.errors import PositionNotFoundError, SnapshotStaleWarning, StaleSnapshotError
 from snapmeta.testing import write_plate
 

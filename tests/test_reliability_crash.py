@@ -87,7 +87,7 @@ KILL_POINTS: dict[str, dict[str, Any]] = {
     "after-doc-rename": {"leaves": None, "renamed": True},
 }
 
-# Tally of kills, printed at the end of the module (see test_zz_tally).
+# Tally of kills, printed by the random-kill tests.
 TALLY: dict[str, int] = {"sigkill": 0, "completed-before-kill": 0}
 
 
@@ -711,7 +711,3 @@ def test_random_kills_large(plate: dict[str, Any]) -> None:
     kills = _random_kills(plate, RANDOM_KILLS_SLOW, seed=10)
     assert kills >= RANDOM_KILLS_SLOW // 2
 
-
-def test_zz_tally() -> None:
-    """Prints how many builders were killed (and where) in this module."""
-    print(f"\ncrash tally: {json.dumps(TALLY, sort_keys=True)}")

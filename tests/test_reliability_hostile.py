@@ -747,11 +747,3 @@ def test_optional_keys_absent_and_extra_keys_present(plate05: Path) -> None:
     assert plate["A/1/1"].scale == (2.0, 1.0, 2.0, 1.5, 1.5)
     assert plate["A/2/0"].level(0).translation is None
 
-
-def test_zz_tally() -> None:
-    """How many hostile plates were built (faithful) or rejected in this module."""
-    print(
-        f"\nhostile plates: {TALLY['faithful']} snapshotted faithfully, "
-        f"{TALLY['rejected']} rejected with located problems, "
-        f"{TALLY['not-a-plate']} stores refused as not plates"
-    )

@@ -101,4 +101,6 @@ def _compare(tool: str, before: dict[str, list[str]], after: dict[str, list[str]
         # the snapshot is listed as what it is: an array member of the root group
         assert ".snapmeta" in after["result"] and ".snapmeta" not in before["result"]
     else:
-        assert after["result"] == [r.replace("control.zarr", "plate.zarr") for r in before["result"]]
+        assert after["result"] == [
+            r.replace("control.zarr", "plate.zarr") for r in before["result"]
+        ]

@@ -44,26 +44,39 @@ def image_attrs(path: str, spec: dict[str, Any], ngff: str) -> dict[str, Any]:
                 {"type": "scale", "scale": [1.0, 1.0, 2.0, 0.5 * factor, 0.5 * factor]},
                 {
                     "type": "translation",
-                    "translation": [t + (0.25 * level if i > 2 else 0) for i, t in enumerate(spec["translation"])],
+                    "translation": [
+                        t + (0.25 * level if i > 2 else 0)
+                        for i, t in enumerate(spec["translation"])
+                    ],
                 },
             ],
         }
         datasets.append(ds)
     ms: dict[str, Any] = {"name": f"FOV {path} – ü", "axes": AXES, "datasets": datasets}
     if path == "A/1/0":
-        ms["coordinateTransformations"] = GLOBAL + [
-            {"type": "translation", "translation": [0.0, 0.0, 0.0, 10.0, 20.0]}
+        ms["coordinateTransformations"] = [
+            *GLOBAL,
+            {"type": "translation", "translation": [0.0, 0.0, 0.0, 10.0, 20.0]},
         ]
     if ngff == "0.4":
         ms["version"] = "0.4"
     channels = []
     for label in spec["labels"]:
-        ch: dict[str, Any] = {"color": "FFFFFF", "window": {"start": 0, "end": 65535, "min": 0, "max": 65535}}
+        ch: dict[str, Any] = {
+            "color": "FFFFFF",
+            "window": {"start": 0, "end": 65535, "min": 0, "max": 65535},
+        }
         if label is not None:
             ch["label"] = label
         channels.append(ch)
     ome = {"multiscales": [ms], "omero": {"channels": channels}}
-    extra = {"custom": {"nan": math.nan, "big": 123456789012345678901234567890, "list": [1, 1.5, True, None]}}
+    extra = {
+        "custom": {
+            "nan": math.nan,
+            "big": 123456789012345678901234567890,
+            "list": [1, 1.5, True, None],
+        }
+    }
     if ngff == "0.4":
         return {**ome, **extra}
     return {"ome": {"version": "0.5", **ome}, **extra}
@@ -118,7 +131,10 @@ def write_plate(store: Path, ngff: str) -> None:
             {"path": "A/1", "rowIndex": 0, "columnIndex": 0},
             {"path": "A/2", "rowIndex": 0, "columnIndex": 1},
         ],
-        "acquisitions": [{"id": 0, "name": "first"}, {"id": 1, "name": "second", "maximumfieldcount": 2}],
+        "acquisitions": [
+            {"id": 0, "name": "first"},
+            {"id": 1, "name": "second", "maximumfieldcount": 2},
+        ],
         "field_count": 2,
     }
     if ngff == "0.4":
@@ -128,9 +144,17 @@ def write_plate(store: Path, ngff: str) -> None:
     for well in ("A/1", "A/2"):
         row, col = well.split("/")
         write_group(store / row, ngff, {})
-        images = [{"path": p.rsplit("/", 1)[1], "acquisition": s["acq"]} for p, s in POSITIONS.items() if p.startswith(well + "/")]
+        images = [
+            {"path": p.rsplit("/", 1)[1], "acquisition": s["acq"]}
+            for p, s in POSITIONS.items()
+            if p.startswith(well + "/")
+        ]
         well_meta = {"images": images}
-        attrs = {"well": {**well_meta, "version": "0.4"}} if ngff == "0.4" else {"ome": {"version": "0.5", "well": well_meta}}
+        attrs = (
+            {"well": {**well_meta, "version": "0.4"}}
+            if ngff == "0.4"
+            else {"ome": {"version": "0.5", "well": well_meta}}
+        )
         write_group(store / row / col, ngff, attrs)
     for path, spec in POSITIONS.items():
         write_group(store / path, ngff, image_attrs(path, spec, ngff))
@@ -138,7 +162,9 @@ def write_plate(store: Path, ngff: str) -> None:
             node = store / path / str(level)
             node.mkdir(parents=True)
             floats = path == "A/2/0"
-            attrs = {"note": "level zero", "big": 2**70} if (path == "A/1/1" and level == 0) else None
+            attrs = (
+                {"note": "level zero", "big": 2**70} if (path == "A/1/1" and level == 0) else None
+            )
             doc = array_doc(ngff, level, floats, attrs)
             if ngff == "0.4":
                 (node / ".zarray").write_text(json.dumps(doc, indent=2))
@@ -150,6 +176,7 @@ def write_plate(store: Path, ngff: str) -> None:
 
 def effective(ms: dict[str, Any], level: int) -> tuple[list[float], list[float] | None]:
     """NGFF: dataset transforms first, then the multiscale's."""
+
     def find(items: list[dict[str, Any]] | None, kind: str) -> list[float] | None:
         for t in items or []:
             if t["type"] == kind:
@@ -158,11 +185,17 @@ def effective(ms: dict[str, Any], level: int) -> tuple[list[float], list[float] 
 
     ds = ms["datasets"][level]["coordinateTransformations"]
     s_l, t_l = find(ds, "scale") or [1.0] * 5, find(ds, "translation")
-    s_g, t_g = find(ms.get("coordinateTransformations"), "scale"), find(ms.get("coordinateTransformations"), "translation")
+    s_g, t_g = (
+        find(ms.get("coordinateTransformations"), "scale"),
+        find(ms.get("coordinateTransformations"), "translation"),
+    )
     scale = [a * (s_g[i] if s_g else 1.0) for i, a in enumerate(s_l)]
     if t_l is None and t_g is None:
         return scale, None
-    trans = [(t_l[i] if t_l else 0.0) * (s_g[i] if s_g else 1.0) + (t_g[i] if t_g else 0.0) for i in range(5)]
+    trans = [
+        (t_l[i] if t_l else 0.0) * (s_g[i] if s_g else 1.0) + (t_g[i] if t_g else 0.0)
+        for i in range(5)
+    ]
     return scale, trans
 
 
@@ -203,15 +236,24 @@ def expected(store: Path, ngff: str) -> dict[str, Any]:
                     {
                         "path": ds["path"],
                         "shape": doc["shape"],
-                        "chunks": doc["chunks"] if ngff == "0.4" else doc["chunk_grid"]["configuration"]["chunk_shape"],
-                        "dtype": {"<u2": "uint16", "<f4": "float32"}.get(doc.get("dtype"), doc.get("data_type")),
+                        "chunks": doc["chunks"]
+                        if ngff == "0.4"
+                        else doc["chunk_grid"]["configuration"]["chunk_shape"],
+                        "dtype": {"<u2": "uint16", "<f4": "float32"}.get(
+                            doc.get("dtype"), doc.get("data_type")
+                        ),
                         "scale": scale,
                         "translation": trans,
-                        "array_attrs": json.loads((node / ".zattrs").read_text()) if (node / ".zattrs").exists() else doc.get("attributes", {}),
+                        "array_attrs": json.loads((node / ".zattrs").read_text())
+                        if (node / ".zattrs").exists()
+                        else doc.get("attributes", {}),
                     }
                 )
             out["positions"][path] = {
-                "channel_names": [c.get("label", str(i)) if isinstance(c.get("label"), str) else str(i) for i, c in enumerate(ome["omero"]["channels"])],
+                "channel_names": [
+                    c.get("label", str(i)) if isinstance(c.get("label"), str) else str(i)
+                    for i, c in enumerate(ome["omero"]["channels"])
+                ],
                 "axis_names": [a["name"] for a in ms["axes"]],
                 "axes": [[a["name"], a.get("type"), a.get("unit")] for a in ms["axes"]],
                 "acquisition": image.get("acquisition"),
@@ -228,7 +270,9 @@ def main() -> None:
         store = HERE / f"plate-{ngff}.ome.zarr"
         write_plate(store, ngff)
         snapmeta.build_snapshot(store)
-        (HERE / f"expected-{ngff}.json").write_text(json.dumps(expected(store, ngff), indent=1, ensure_ascii=False))
+        (HERE / f"expected-{ngff}.json").write_text(
+            json.dumps(expected(store, ngff), indent=1, ensure_ascii=False)
+        )
 
 
 if __name__ == "__main__":

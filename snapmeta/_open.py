@@ -887,6 +887,61 @@ class Plate:
             raise self._not_found(key)
         return meta
 
+    def fan_out(self) -> FanOut:
+        """Verify the whole plate once, for workers that then skip per-document checks.
+
+        Checks every document any position depends on (the root, every well,
+        every position and every level), concurrently on network
+        filesystems, and returns a small picklable :class:`FanOut` to hand to
+        workers (joblib, Dask, SLURM array tasks). Raises
+        :class:`StaleSnapshotError` if the snapshot no longer matches the
+        plate: rebuild it first.
+        """
+        if self._json is not None:
+            raise StaleSnapshotError(
+                f"the snapshot of {self._root} is stale; rebuild it with "
+                f"`snapmeta build {self._root}` before fanning out",
+                store=self._root,
+                changed=(),
+            )
+        source = self._entry.source
+        reader = source.reader
+        docs: list[str] = [source.group_doc]
+        fps: list[Any] = [reader.plate.root]
+        for index, path in enumerate(source.paths()):
+            payload = reader.node_payload(index)[1]
+            if path.count("/") == 1:
+                well = source.well(path, index, payload)
+                docs += well.documents
+                fps += well.fingerprints
+            else:
+                node_docs, node_fps = source.position(path, index, payload).all_documents()
+                docs += node_docs[1:]  # the well's document is checked with the well
+                fps += node_fps[1:]
+        check = "stat" if self._policy.check == "none" else self._policy.check
+        changed: list[str] = []
+        step = 256 if self._entry.slow else max(1, len(docs))
+        for start in range(0, len(docs), step):
+            walk = self._entry.walk()  # one per chunk: a bounded number of handles
+            changed += changed_documents(
+                self._root,
+                docs[start : start + step],
+                fps[start : start + step],
+                check,
+                reader.digest,
+                walk=walk,
+            )
+            walk.close()
+        if changed:
+            shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+            raise StaleSnapshotError(
+                f"the snapshot of {self._root} is stale ({shown} changed); rebuild it with "
+                f"`snapmeta build {self._root}` before fanning out",
+                store=self._root,
+                changed=tuple(changed),
+            )
+        return FanOut(self._root, self._entry.path, reader.identity, self._mode, self._snapshot)
+
     def _not_found(self, key: str) -> PositionNotFoundError:
         try:
             candidates = (
@@ -981,11 +1036,13 @@ _identity_seen: dict[str, tuple[int, tuple[int, int, int, int]]] = {}
 IDENTITY_RECHECK_NS = 1_000_000_000
 
 
-def _recent_identity(path: str, max_age_ns: int = IDENTITY_RECHECK_NS) -> tuple[int, int, int, int]:
-    """The snapshot file's identity, from a stat at most ``max_age_ns`` old."""
+def _recent_identity(path: str, max_age_ns: int | None = None) -> tuple[int, int, int, int]:
+    """The snapshot file's identity, from a stat at most ``max_age_ns`` old
+    (:data:`IDENTITY_RECHECK_NS` by default)."""
     now = time.monotonic_ns()
     seen = _identity_seen.get(path)
-    if seen is None or now - seen[0] > max_age_ns:
+    limit = IDENTITY_RECHECK_NS if max_age_ns is None else max_age_ns
+    if seen is None or now - seen[0] >= limit:
         try:
             st = os.stat(path)
             identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -56,7 +56,7 @@ class Workflow(FixtureCache):
         paths = position_paths(WORKFLOW_LAYOUT)
         self.paths = paths[::IOHUB_STRIDE] if peer == "iohub" else paths
         if SMOKE:
-            self.paths = self.paths[:16]
+            self.paths = self.paths[:8]
         self.parallel = joblib.Parallel(n_jobs=N_JOBS)
         peers.warm_workers(peer, self.parallel, N_JOBS)
 

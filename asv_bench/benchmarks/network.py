@@ -148,6 +148,10 @@ def versions() -> dict[str, str]:
         import snapmeta
 
         out["snapmeta"] = snapmeta.__version__
+        from . import peers
+
+        if peers.fan_out_shimmed():
+            out["fan_out"] = "stand-in: this snapmeta's Plate has no fan_out()"
     return out
 
 
@@ -158,11 +162,11 @@ class PeerState:
         self.fans: dict[tuple[str, str], Any] = {}
 
     def fan(self, root: str, mode: str, *, fresh: bool) -> Any:
-        import snapmeta
+        from . import peers
 
         key = (root, mode)
         if fresh or key not in self.fans:
-            self.fans[key] = snapmeta.open_plate(root, mode=mode).fan_out()
+            self.fans[key] = peers.fan_out(root, mode)
         return self.fans[key]
 
 
@@ -280,8 +284,9 @@ def fan_out_pickle(plate: str, python: str | None = None) -> str:
     in the page cache, and the cold opens must find them dropped."""
     code = (
         "import base64, pickle, sys, warnings\nwarnings.simplefilter('ignore')\n"
-        "import snapmeta\n"
-        "fan = snapmeta.open_plate(sys.argv[1]).fan_out()\n"
+        f"sys.path.insert(0, {str(ASV_DIR)!r})\n"
+        "from benchmarks import peers\n"
+        "fan = peers.fan_out(sys.argv[1])\n"
         "print(base64.b64encode(pickle.dumps(fan)).decode())\n"
     )
     r = subprocess.run(
@@ -421,6 +426,7 @@ class NetOptions:
     open_max: int = 400
     task_max: int = 40  # positions written per peer and config, at most
     cache_timeout: float = 1.0
+    warm_budget: float = 0.5  # seconds per peer and config of opens at delay 0 first
     cold_layouts: list[str] = field(default_factory=list)
     cold_ngffs: list[str] = field(default_factory=list)
     cold_peers: list[str] = field(default_factory=list)
@@ -428,27 +434,43 @@ class NetOptions:
     cold_delay_ms: float = 1.0
 
 
+#: Rough ms per call at 1 ms per round trip, caches off, here: (open, task) for
+#: 96 and for 7,035 positions; for :func:`estimate_seconds` only.
+_MS_PER_CALL = {
+    "snapmeta": ((9, 190), (9, 190)),
+    "snapmeta-fanout": ((0.05, 180), (0.05, 180)),
+    "zarr-array": ((28, 250), (28, 250)),
+    "iohub": ((150, 520), (400, 1100)),
+}
+
+
 def estimate_seconds(opt: NetOptions) -> float:
     """Rough wall time of :func:`run_network` + :func:`run_cold` here."""
     from . import common
 
-    total = 0.0
-    peers = len(opt.peers)
+    total = 10.0 if opt.layouts else 0.0  # measurement processes, mounts
     for layout in opt.layouts:
         n = common.LAYOUTS[layout].n_positions
+        big = n > 1000
         for _ in opt.ngffs:
-            for _ in opt.caches:
+            for cache in opt.caches:
                 for delay in opt.delays_ms:
-                    slow = n > 1000 and any(kind_of(p) == "iohub" for p in opt.peers)
-                    # budgets, minimum calls of slow peers, turn overheads, setups
-                    total += peers * (opt.open_budget + opt.task_budget) * 1.3
-                    total += (6 + 150 * delay) if slow else 1
-                    total += 2 * peers * opt.rounds * 0.06
-                    total += 4 * delay * n / 400  # fan_out() of source and destination
+                    scale = (0.3 + 0.7 * delay) * (0.4 if cache == "on" else 1.0)
+                    for peer in opt.peers:
+                        ms_open, ms_task = _MS_PER_CALL[kind_of(peer)][big]
+                        total += max(opt.open_budget, opt.open_min * ms_open * scale / 1e3)
+                        total += max(opt.task_budget, opt.task_min * ms_task * scale / 1e3)
+                        total += opt.warm_budget + 2 * ms_task / 1e3 * 0.3  # warm-up
+                        total += 2 * opt.rounds * 0.05  # settling around every turn
+                    if "snapmeta-fanout" in opt.peers:  # fan_out() of source and destination
+                        total += 2 * (0.3 + delay) * n * 5 / 16 / 1e3
     for layout in opt.cold_layouts:
-        per = {"w96": 1.0, "w7035": 1.5, "f100000": 3.0}.get(layout, 2.0)
-        fan = 0.002 * common.LAYOUTS[layout].n_positions / 16
-        total += len(opt.cold_ngffs) * (opt.cold_samples * len(opt.cold_peers) * per + fan)
+        n = common.LAYOUTS[layout].n_positions
+        per = sum(
+            {"iohub": 2.5 + n / 20000}.get(kind_of(p), 1.2) for p in opt.cold_peers
+        )  # a fresh interpreter each
+        fan = 15e-6 * 5 * n if "snapmeta-fanout" in opt.cold_peers else 0
+        total += len(opt.cold_ngffs) * (opt.cold_samples * per + fan)
     return total
 
 
@@ -550,7 +572,9 @@ def run_network(opt: NetOptions, log: Callable[[str], None]) -> dict[str, Any]:
 
     lfs = latencyfs_module()
     root = common.data_root().resolve()
+    t0 = time.perf_counter()
     fixtures = prepare_plates(opt, log)
+    log(f"network: plates and snapshots ready in {time.perf_counter() - t0:.0f} s")
     work = common.tmpdir("network-")
     # Every destination block is made before mounting: the source tree must
     # change only through the mount while it is mounted.
@@ -593,6 +617,7 @@ def run_network(opt: NetOptions, log: Callable[[str], None]) -> dict[str, Any]:
             except Exception as exc:
                 results["peers"][peer] = {"skipped": str(exc)[-500:]}
         live = [p for p in opt.peers if p in procs]
+        log(f"network: {len(mounts)} mounts, {len(live)} measurement processes ready")
         config_index = 0
         for layout in opt.layouts:
             for ngff in opt.ngffs:
@@ -695,7 +720,7 @@ def _run_config(
     fs.set_delay_ms(0)
     for peer in ok["open"]:
         with contextlib.suppress(RuntimeError):  # the snapshot's pages, zarr's caches
-            procs[peer].call(cmd="run", op="open", paths=cycle, budget=0.5, min=2)
+            procs[peer].call(cmd="run", op="open", paths=cycle, budget=opt.warm_budget, min=2)
     for peer in ok["task"]:
         for f in {f for p in dst_of[peer][1] for f in _chunk_files(src, p)}:
             with open(f, "rb") as fh:

@@ -1208,7 +1208,7 @@ def net_options(args: argparse.Namespace) -> network.NetOptions:
             layouts=["w96"],
             ngffs=both,
             delays_ms=[1.0],
-            caches=["off", "on"],
+            caches=["off"],
             peers=list(network.NET_PEERS),
             rounds=2,
             open_budget=0.2,

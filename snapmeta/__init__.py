@@ -31,6 +31,7 @@ from .errors import (
     SnapshotStaleWarning,
     SnapshotWriteError,
     StaleSnapshotError,
+    UnsafeStoreError,
     UnsupportedFormatVersionError,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "SnapshotStaleWarning",
     "SnapshotWriteError",
     "StaleSnapshotError",
+    "UnsafeStoreError",
     "UnsupportedFormatVersionError",
     "VerifyReport",
     "Well",

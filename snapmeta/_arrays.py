@@ -18,17 +18,95 @@ public classes (``zarr.AsyncArray``, ``zarr.Array``, ``zarr.storage``).
 from __future__ import annotations
 
 import copy
+import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
 import zarr
 from zarr.storage import LocalStore, StorePath
 
+from ._fsio import UnsafePathError, check_relative, resolves_inside
+
 __all__ = ["array_from_metadata", "local_store", "parse_metadata"]
 
 
+class GuardedStore(LocalStore):
+    """zarr's local store, refusing chunk paths that lead out of the store or to
+    anything but a regular file (a FIFO would hang a read, ``/dev/zero`` never end it).
+
+    Each directory is checked once per store object (``lstat``, and a symlink must
+    resolve inside the store), each file before it is read or written. The zarrs
+    codec pipeline does not know this class and leaves its I/O to zarr.
+    """
+
+    def __init__(self, root: str, *, read_only: bool) -> None:
+        super().__init__(root, read_only=read_only)
+        self._base = str(root)
+        self._real = os.path.realpath(root)
+        self._dirs: set[str] = set()
+
+    def _guard(self, key: str) -> None:
+        try:
+            check_relative(key)
+        except UnsafePathError as exc:
+            raise self._refuse(key, str(exc)) from None
+        parent = key.rpartition("/")[0]
+        if parent and parent not in self._dirs:
+            if not resolves_inside(self._base, parent, self._real):
+                raise self._refuse(key, "a directory on its path leads out of the store")
+            if len(self._dirs) > 65536:
+                self._dirs.clear()
+            self._dirs.add(parent)
+        try:
+            st = os.lstat(f"{self._base}/{key}")
+        except OSError:
+            return  # missing: zarr reads a fill value, or creates it
+        if stat.S_ISLNK(st.st_mode):
+            if not resolves_inside(self._base, key, self._real):
+                raise self._refuse(key, "a symlink out of the store")
+            try:
+                st = os.stat(f"{self._base}/{key}")
+            except OSError:
+                return
+        if not stat.S_ISREG(st.st_mode):
+            raise self._refuse(key, "not a regular file")
+
+    def _refuse(self, key: str, reason: str) -> Exception:
+        from .errors import UnsafeStoreError
+
+        return UnsafeStoreError(
+            f"{self._base}/{key}: {reason}; snapmeta does not read or write it",
+            store=self._base,
+            path=key,
+            reason=reason,
+        )
+
+    async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        self._guard(key)
+        return await super().get(key, *args, **kwargs)
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
+        key_ranges = list(key_ranges)
+        for key, _ in key_ranges:
+            self._guard(key)
+        return await super().get_partial_values(prototype, key_ranges)
+
+    async def set(self, key: str, value: Any) -> None:
+        self._guard(key)
+        await super().set(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Any) -> None:
+        self._guard(key)
+        await super().set_if_not_exists(key, value)
+
+    async def delete(self, key: str) -> None:
+        self._guard(key)
+        await super().delete(key)
+
+
 def local_store(root: str, *, read_only: bool) -> LocalStore:
-    return LocalStore(root, read_only=read_only)
+    return GuardedStore(root, read_only=read_only)
 
 
 _PARSE_STORE = StorePath(zarr.storage.MemoryStore(), "")
@@ -61,6 +139,7 @@ class CheckedArray(zarr.Array):  # type: ignore[type-arg]
 
     _snapmeta_recheck: Callable[[BaseException], None] | None = None
     _snapmeta_changed: Callable[[], None] | None = None
+    _snapmeta_before_write: Callable[[], None] | None = None
 
     def __getitem__(self, selection: Any) -> Any:
         try:
@@ -70,6 +149,9 @@ class CheckedArray(zarr.Array):  # type: ignore[type-arg]
             raise
 
     def __setitem__(self, selection: Any, value: Any) -> None:
+        before = self._snapmeta_before_write
+        if before is not None and not self.read_only:
+            before()
         try:
             super().__setitem__(selection, value)
         except Exception as exc:
@@ -104,6 +186,7 @@ class CheckedArray(zarr.Array):  # type: ignore[type-arg]
         if isinstance(updated, CheckedArray):
             updated._snapmeta_recheck = self._snapmeta_recheck
             updated._snapmeta_changed = self._snapmeta_changed
+            updated._snapmeta_before_write = self._snapmeta_before_write
         return updated
 
     def _changed(self) -> None:
@@ -129,6 +212,7 @@ def array_from_metadata(
     recheck: Callable[[BaseException], None] | None = None,
     cls: type[CheckedArray] = CheckedArray,
     changed: Callable[[], None] | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> CheckedArray:
     """An array over ``metadata`` (shared, never modified) at ``path`` in ``store``."""
     key = (id(metadata), store.read_only, id(store))
@@ -149,4 +233,6 @@ def array_from_metadata(
         array._snapmeta_recheck = recheck
     if changed is not None:
         array._snapmeta_changed = changed
+    if before_write is not None:
+        array._snapmeta_before_write = before_write
     return array

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from . import _format as fmt
 from . import _locate, _ngff
+from ._fsio import resolves_inside
 from ._version import __version__
 from ._writer import (
     ARRAY_DOCUMENTS,
@@ -307,6 +308,16 @@ def build_snapshot(
     root = _locate.plate_root(store)
     zarr_format = detect_format(root)
     target = _locate.build_target(root, output)
+    if not _locate.is_external(root, str(target)) and not resolves_inside(
+        root, _locate.IN_STORE_ARRAY
+    ):
+        raise SnapshotWriteError(
+            f"{target.parent} leads out of the store (a symlink); snapmeta does not write "
+            f"through it. Remove it, or write the snapshot elsewhere with `--output DIR`",
+            store=root,
+            snapshot=str(target),
+            reason="symlink out of the store",
+        )
     created = not target.parent.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -103,16 +103,49 @@ def read_regular(
 def resolves_inside(root: str, relpath: str, real_root: str | None = None) -> bool:
     """Whether ``root/relpath`` resolves, through any symlinks, to a place inside ``root``.
 
-    A missing path counts as inside when its existing part is inside: the
-    caller then finds it missing.
+    Symlinks are resolved by reading them, never by touching their targets:
+    nothing outside the store is looked at. A missing path counts as inside
+    when its existing part is inside (the caller then finds it missing).
     """
     if real_root is None:
         real_root = os.path.realpath(root)
-    try:
-        real = os.path.realpath(os.path.join(root, relpath), strict=False)
-    except OSError:  # a symlink loop
-        return False
-    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+    bases = {real_root, os.path.abspath(root)}
+    current = real_root
+    pending = [p for p in relpath.split("/") if p not in ("", ".")]
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if current == real_root:
+                return False
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, part)  # inside: current is
+        try:
+            st = os.lstat(candidate)
+        except OSError:
+            return True
+        if not stat.S_ISLNK(st.st_mode):
+            current = candidate
+            continue
+        hops += 1
+        if hops > 40:  # a loop
+            return False
+        try:
+            target = os.readlink(candidate)
+        except OSError:
+            return False
+        if target.startswith("/"):
+            target = os.path.normpath(target)
+            base = next((b for b in bases if target == b or target.startswith(b + "/")), None)
+            if base is None:
+                return False
+            current = real_root
+            rest = target[len(base) :]
+        else:
+            rest = target
+        pending = [p for p in rest.split("/") if p not in ("", ".")] + pending
+    return True
 
 
 def has_symlink(root: str, relpath: str) -> bool:

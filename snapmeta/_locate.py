@@ -133,5 +133,19 @@ def build_target(root: str, snapshot: str | os.PathLike[str] | None = None) -> P
     return Path(snapshot_candidates(root, snapshot)[0])
 
 
+def check_in_store(root: str, snapshot_path: str) -> None:
+    """Refuse an in-store snapshot reached through a symlink that leads out of the store."""
+    from ._fsio import resolves_inside
+    from .errors import SnapshotFormatError
+
+    if not is_external(root, snapshot_path) and not resolves_inside(root, IN_STORE_NAME):
+        raise SnapshotFormatError(
+            f"{snapshot_path} leads out of the store (a symlink); snapmeta does not follow it. "
+            f"Rebuild the snapshot with `snapmeta build {root}`",
+            snapshot=snapshot_path,
+            reason="symlink out of the store",
+        )
+
+
 def is_external(root: str, snapshot_path: str) -> bool:
     return snapshot_path != os.path.join(root, IN_STORE_NAME)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import zarr
 
-from . import _arrays, _locate, _reader
+from . import _arrays, _format, _locate, _reader
 from ._freshness import (
     Check,
     LocalWalk,
@@ -152,6 +152,7 @@ def _locate_snapshot(root: str, snapshot: str | None, *, refresh: bool) -> _Entr
         refresh = True
     missing: list[str] = []
     for candidate in _locate.snapshot_candidates(root, snapshot):
+        _locate.check_in_store(root, candidate)
         try:
             reader = _reader.mapped(candidate)
         except SnapshotNotFoundError:
@@ -200,10 +201,6 @@ def _check_mode(mode: str) -> Mode:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
     return mode
-
-
-def _float(value: Any) -> float:
-    return float(value)
 
 
 def _key(root: str, path: object, depths: tuple[int, ...] = (2,)) -> str:
@@ -403,6 +400,13 @@ class Position:
                 )
                 self._meta = meta = _json_position(self._root, meta.zarr_format, meta.path)
                 self._checked = 0
+                if i >= len(meta.image.levels):
+                    raise StaleSnapshotError(
+                        f"{meta.path} has no level {i} any more: the plate changed since the "
+                        f"snapshot was built. Rebuild it with `snapmeta build {self._root}`",
+                        store=self._root,
+                        changed=tuple(changed),
+                    )
         self._checked |= 1 << i
         return meta
 
@@ -416,7 +420,13 @@ class Position:
         def values(ref: int | None) -> list[float] | None:
             if ref is None:
                 return None
-            return [_float(meta.leaf(ref + k)) for k in range(ndim)]
+            out = []
+            for k in range(ndim):
+                value = meta.leaf(ref + k)
+                if type(value) not in (int, float):
+                    raise self._corrupt("a transform value is not a number", "images")
+                out.append(float(value))
+            return out
 
         s_level = values(level.scale) or [1.0] * ndim
         t_level = values(level.translation)
@@ -442,6 +452,7 @@ class Position:
         """
         i = self._level_index(level)
         meta = self._fresh_level(i)
+        self._parsed(meta, i)  # what zarr cannot read is not served either
         document = meta.array_document(meta.image.levels[i].array)
         shape, chunks, dtype = _array_summary(document)
         scale, translation = self._transform(meta, i)
@@ -479,27 +490,7 @@ class Position:
         """The array of ``level`` as an instance of ``cls`` (compat's ImageArray)."""
         i = self._level_index(level)
         meta = self._fresh_level(i)
-        array = meta.image.levels[i].array
-        key = meta.array_key(array)
-        parsed = _parsed.get(key) if key is not None else None
-        if parsed is None:
-            document = meta.array_document(array)
-            try:
-                parsed = _arrays.parse_metadata(document)
-            except Exception as exc:  # zarr raises many kinds for a bad document
-                if not meta.from_snapshot:
-                    raise
-                reader = self._entry.source.reader
-                raise SnapshotCorruptError(
-                    f"snapshot {reader.path} is corrupt: arrays[{array}]: zarr cannot read "
-                    f"the array document ({exc}); rebuild it with `snapmeta build`",
-                    snapshot=reader.path,
-                    reason=str(exc),
-                    section="arrays",
-                    index=array,
-                ) from exc
-            if key is not None:
-                _parsed[key] = parsed
+        parsed = self._parsed(meta, i)
         path = f"{meta.path}/{meta.level_path(i)}"
         return _arrays.array_from_metadata(
             _store(self._entry.stores, self._root, self._mode),
@@ -508,14 +499,61 @@ class Position:
             recheck=functools.partial(self._recheck, i),
             cls=cls,
             changed=functools.partial(self._forget_check, i),
+            before_write=functools.partial(self._before_write, i),
         )
+
+    def _parsed(self, meta: PositionMeta, i: int) -> Any:
+        """zarr's parsed metadata of level ``i`` (cached per distinct array entry)."""
+        array = meta.image.levels[i].array
+        key = meta.array_key(array)
+        parsed = _parsed.get(key) if key is not None else None
+        if parsed is None:
+            try:
+                parsed = _arrays.parse_metadata(meta.array_document(array))
+            except Exception as exc:  # zarr raises many kinds for a bad document
+                if not meta.from_snapshot:
+                    raise
+                raise self._corrupt(
+                    f"zarr cannot read the array document ({exc})", "arrays"
+                ) from exc
+            if key is not None:
+                _parsed[key] = parsed
+        return parsed
+
+    def _corrupt(self, reason: str, section: str) -> SnapshotCorruptError:
+        reader = self._entry.source.reader
+        return SnapshotCorruptError(
+            f"snapshot {reader.path} is corrupt: {self.path}: {reason}; rebuild it with "
+            f"`snapmeta build {self._root}`",
+            snapshot=reader.path,
+            reason=reason,
+            section=section,
+            index=None,
+        )
+
+    def _before_write(self, i: int) -> None:
+        """A writable array checks its level's documents before every write: a plate
+        deleted and written again since the handle was opened gets no stray chunk."""
+        meta = self._meta
+        docs, fps = meta.level_documents(i)
+        check = "stat" if self._policy.check == "none" else self._policy.check
+        changed = changed_documents(self._root, docs, fps, check, meta.digest_of)
+        if changed:
+            raise StaleSnapshotError(
+                f"{meta.path}/{meta.level_path(i)} changed since this array was opened "
+                f"({', '.join(changed)}): the plate was modified, deleted or replaced; nothing "
+                "was written. Open the position again",
+                store=self._root,
+                changed=tuple(changed),
+            )
 
     def _forget_check(self, i: int) -> None:
         """An array of level ``i`` wrote its document: check it again on next use."""
         self._checked &= ~(1 << i)
 
     def _recheck(self, i: int, exc: BaseException) -> None:
-        """Called when zarr fails on an array of this handle: did the plate change?"""
+        """Called when zarr fails on an array of this handle: did the plate change, or
+        does the snapshot's array entry disagree with the array's document?"""
         if isinstance(exc, StaleSnapshotError):
             return
         meta = self._meta
@@ -529,6 +567,10 @@ class Position:
                 store=self._root,
                 changed=tuple(changed),
             ) from exc
+        if meta.from_snapshot and not _entry_matches_documents(self._root, meta, i, docs):
+            raise self._corrupt(
+                "its array entry differs from the array's document", "arrays"
+            ) from exc
 
     @property
     def data(self) -> zarr.Array[Any]:
@@ -539,6 +581,30 @@ class Position:
     def attrs(self) -> dict[str, Any]:
         """The position group's full attributes (a new dict on every access)."""
         return self._meta.attributes()
+
+
+def _entry_matches_documents(root: str, meta: PositionMeta, i: int, docs: list[str]) -> bool:
+    """Whether the snapshot's array entry of level ``i`` is what its documents say."""
+    import json
+
+    from ._fsio import read_regular
+
+    try:
+        values: list[Any] = []
+        for doc in docs:
+            try:
+                data, _ = read_regular(f"{root}/{doc}")
+            except FileNotFoundError:
+                values.append(None)
+                continue
+            values.append(json.loads(data))
+    except (OSError, ValueError):
+        return False
+    document = values[0]
+    if meta.zarr_format == 2 and isinstance(document, dict) and values[1] is not None:
+        document = {**document, "attributes": values[1]}
+    expected = meta.array_document(meta.image.levels[i].array)
+    return _format.pack(document) == _format.pack(expected)
 
 
 def _opt_str(value: Any) -> str | None:
@@ -1185,9 +1251,7 @@ def open_position(
         if type(store) is str and "://" not in store
         else _locate.plate_root(store)
     )
-    if type(path) is not str:
-        raise TypeError(f"position paths are strings like 'B/3/0', not {type(path).__name__}")
-    key = path.strip("/")
+    key = _key(root, path)
     snap = None if snapshot is None else os.fspath(snapshot)
     entry = _locate_snapshot(root, snap, refresh=False)
     if policy.check == "none" and _recent_identity(entry.path, 0) != entry.source.reader.identity:

@@ -98,6 +98,7 @@ def verify(
         return report
     report.snapshot = path
     try:
+        _locate.check_in_store(root, path)
         reader = _reader.open_file(path)
         source = SnapshotSource(reader)
         _check_whole(root, reader, source, report, progress)
@@ -108,7 +109,8 @@ def verify(
         report.problems.append(
             f"the snapshot was built for {reader.plate.location}, not for {root}"
         )
-    if reread:
+    damaged = any(not p.startswith("stale") for p in report.problems)
+    if reread and not damaged:  # a damaged snapshot has nothing to compare
         _reread(root, reader, source, report, progress)
     return report
 
@@ -195,7 +197,9 @@ def _reread(
         if path not in fresh_paths:
             continue
         found = reader.find(path)
-        assert found is not None
+        if found is None:
+            report.problems.append(f"lookup: {path!r} cannot be found")
+            continue
         try:
             if fmt.is_well_path(path):
                 ours_w = source.well(path, *found)

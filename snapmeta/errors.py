@@ -13,6 +13,7 @@ missing position and ``except FileNotFoundError`` for a missing snapshot::
     │   ├── SnapshotCorruptError                             a checksum or rule failed
     │   └── UnsupportedFormatVersionError                    another format version
     ├── StaleSnapshotError(SnapmetaError, ValueError)        the store changed since the build
+    ├── UnsafeStoreError(SnapmetaError, OSError)             a path leads out of the store
     ├── PositionNotFoundError(SnapmetaError, KeyError)       unknown well, position or level
     └── ChannelNotFoundError(SnapmetaError, KeyError)        unknown channel label
 
@@ -41,6 +42,7 @@ __all__ = [
     "SnapshotStaleWarning",
     "SnapshotWriteError",
     "StaleSnapshotError",
+    "UnsafeStoreError",
     "UnsupportedFormatVersionError",
 ]
 
@@ -179,6 +181,15 @@ class StaleSnapshotError(SnapmetaError, ValueError):
 
     store: str
     changed: tuple[str, ...]
+
+
+class UnsafeStoreError(SnapmetaError, OSError):
+    """A path in the store leads out of it (a symlink) or to something that is not a
+    regular file (a FIFO, a device): snapmeta neither reads nor writes it."""
+
+    store: str
+    path: str
+    reason: str
 
 
 class PositionNotFoundError(SnapmetaError, KeyError):

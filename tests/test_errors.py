@@ -37,6 +37,11 @@ CASES = [
     ),
     (errors.StaleSnapshotError, ValueError, {"store": "/p", "changed": ("A/1/0/.zattrs",)}),
     (
+        errors.UnsafeStoreError,
+        OSError,
+        {"store": "/p", "path": "A/1/0/0/c/0/0", "reason": "not a regular file"},
+    ),
+    (
         errors.SnapshotWriteError,
         OSError,
         {"store": "/p", "snapshot": "/p/.snapmeta/0", "reason": "Read-only file system"},

@@ -1488,7 +1488,7 @@ KNOWN_COMPAT_BUGS: dict[str, str] = {
 KNOWN_STRACE_BUGS: dict[str, str] = {
     c.id: KNOWN_BUGS.get(c.id, _REALPATH_PROBES)
     for c in CASES
-    if c.id in KNOWN_BUGS or "symlink" in c.id and "-out" in c.id or "devzero" in c.id
+    if c.id in KNOWN_BUGS or ("symlink" in c.id and "-out" in c.id) or "devzero" in c.id
 }
 
 # answers that are paths: none may be absolute or hold a "." or ".." segment
@@ -1566,7 +1566,12 @@ def test_crafted_case_compat(crafted: Case, outcomes: dict[str, tuple[str, Any]]
     if isinstance(outcome, tuple) or not any(
         label.startswith("compat:") for label, _, _ in outcome.ops
     ):
-        pytest.skip("snapmeta.compat (or iohub) is not importable, or the worker failed")
+        reason = (
+            "snapmeta.compat or iohub is not importable"
+            if not isinstance(outcome, tuple)
+            else f"the case's worker {outcome[0]} before compat ran (see test_crafted_case)"
+        )
+        pytest.skip(reason)
     identity = outcomes.get("identity-reencoded")
     if identity is not None and violations(*identity, compat=True):
         pytest.skip("snapmeta.compat does not work yet on an intact plate (being rewritten)")

@@ -206,9 +206,10 @@ def test_coarse_filesystem_same_size_edits(coarse_fs: Path, ngff: str) -> None:
     assert all(fp.mtime_ns <= entry["build_start_ns"] for fp in fps if fp.mtime_ns != -1)
     # the document edited after the start is smudged: its digest decides
     assert fingerprints(store, "A/2/0")[1].mtime_ns == fmt.SMUDGED  # type: ignore[union-attr]
-    assert racy_mtimes[0] == racy_mtimes[1], "never caught two edits within one second"
     for path in ("A/1/0", "A/2/0"):
         assert_served_fresh(store, path, "GFP1")
+    if racy_mtimes[0] != racy_mtimes[1]:  # pragma: no cover - four second boundaries in a row
+        pytest.skip("the two edits during the build never fell within one second")
 
 
 # ---------------------------------------------------------------------------

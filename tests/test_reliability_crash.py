@@ -710,4 +710,3 @@ def test_full_verify_after_all_kills(plate: dict[str, Any]) -> None:
 def test_random_kills_large(plate: dict[str, Any]) -> None:
     kills = _random_kills(plate, RANDOM_KILLS_SLOW, seed=10)
     assert kills >= RANDOM_KILLS_SLOW // 2
-

@@ -746,4 +746,3 @@ def test_optional_keys_absent_and_extra_keys_present(plate05: Path) -> None:
     assert plate["A/1/0"].acquisition is None
     assert plate["A/1/1"].scale == (2.0, 1.0, 2.0, 1.5, 1.5)
     assert plate["A/2/0"].level(0).translation is None
-

@@ -41,12 +41,34 @@ class Document:
         if self.data is None:
             raise NgffReadError(self.path, "", "document is missing", missing=True)
         try:
-            return json.loads(self.data)
+            value = json.loads(self.data)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise NgffReadError(self.path, "", f"invalid JSON ({exc})") from exc
+        if _depth(value) > MAX_DEPTH:
+            raise NgffReadError(self.path, "", f"nested deeper than {MAX_DEPTH} levels")
+        return value
 
 
 MISSING_DIGEST = bytes(16)
+# Far deeper than any metadata; what recursion (and MessagePack's 511 levels) can take.
+MAX_DEPTH = 200
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            node = list(node.values())
+        elif type(node) is not list:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            return depth
+        stack.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,6 @@ class GuardedStore(LocalStore):
     def __init__(self, root: str, *, read_only: bool) -> None:
         super().__init__(root, read_only=read_only)
         self._base = str(root)
-        self._real = os.path.realpath(root)
         self._dirs: set[str] = set()
 
     def _guard(self, key: str) -> None:
@@ -52,18 +51,14 @@ class GuardedStore(LocalStore):
         except UnsafePathError as exc:
             raise self._refuse(key, str(exc)) from None
         parent = key.rpartition("/")[0]
-        if parent and parent not in self._dirs:
-            if not resolves_inside(self._base, parent, self._real):
-                raise self._refuse(key, "a directory on its path leads out of the store")
-            if len(self._dirs) > 65536:
-                self._dirs.clear()
-            self._dirs.add(parent)
+        if parent and not self._dir_inside(parent):
+            raise self._refuse(key, "a directory on its path leads out of the store")
         try:
             st = os.lstat(f"{self._base}/{key}")
         except OSError:
             return  # missing: zarr reads a fill value, or creates it
         if stat.S_ISLNK(st.st_mode):
-            if not resolves_inside(self._base, key, self._real):
+            if not resolves_inside(self._base, key):
                 raise self._refuse(key, "a symlink out of the store")
             try:
                 st = os.stat(f"{self._base}/{key}")
@@ -71,6 +66,25 @@ class GuardedStore(LocalStore):
                 return
         if not stat.S_ISREG(st.st_mode):
             raise self._refuse(key, "not a regular file")
+
+    def _dir_inside(self, rel: str) -> bool:
+        """Whether directory ``rel`` stays inside the store, one ``lstat`` per new
+        directory (its parent is known by then)."""
+        if rel in self._dirs:
+            return True
+        up = rel.rpartition("/")[0]
+        if up and not self._dir_inside(up):
+            return False
+        try:
+            st = os.lstat(f"{self._base}/{rel}")
+        except OSError:
+            return True  # missing: zarr creates it (a write) or finds nothing (a read)
+        if stat.S_ISLNK(st.st_mode) and not resolves_inside(self._base, rel):
+            return False
+        if len(self._dirs) > 65536:
+            self._dirs.clear()
+        self._dirs.add(rel)
+        return True
 
     def _refuse(self, key: str, reason: str) -> Exception:
         from .errors import UnsafeStoreError

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -133,18 +134,52 @@ def build_target(root: str, snapshot: str | os.PathLike[str] | None = None) -> P
     return Path(snapshot_candidates(root, snapshot)[0])
 
 
-def check_in_store(root: str, snapshot_path: str) -> None:
-    """Refuse an in-store snapshot reached through a symlink that leads out of the store."""
+def check_in_store(root: str, snapshot_path: str) -> os.stat_result | None:
+    """The stat of an in-store snapshot, refusing one reached through a symlink that
+    leads out of the store; None if it is missing (or the snapshot is external).
+
+    The array directory is opened without following a symlink, and the file is
+    stat-ed relative to it: a path walk each, as a plain ``stat`` of the file costs.
+    """
     from ._fsio import resolves_inside
     from .errors import SnapshotFormatError
 
-    if not is_external(root, snapshot_path) and not resolves_inside(root, IN_STORE_NAME):
-        raise SnapshotFormatError(
+    if is_external(root, snapshot_path):
+        return None
+
+    def refuse() -> SnapshotFormatError:
+        return SnapshotFormatError(
             f"{snapshot_path} leads out of the store (a symlink); snapmeta does not follow it. "
             f"Rebuild the snapshot with `snapmeta build {root}`",
             snapshot=snapshot_path,
             reason="symlink out of the store",
         )
+
+    flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+    directory = os.path.join(root, IN_STORE_ARRAY)
+    try:
+        fd = os.open(directory, flags | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(directory):
+            if not resolves_inside(root, IN_STORE_NAME):
+                raise refuse() from None
+            return os.stat(snapshot_path)
+        return None
+    except OSError:  # ELOOP: a symlink
+        if not resolves_inside(root, IN_STORE_NAME):
+            raise refuse() from None
+        return os.stat(snapshot_path)
+    try:
+        st = os.stat("0", dir_fd=fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    finally:
+        os.close(fd)
+    if stat.S_ISLNK(st.st_mode):
+        if not resolves_inside(root, IN_STORE_NAME):
+            raise refuse()
+        return os.stat(snapshot_path)
+    return st
 
 
 def is_external(root: str, snapshot_path: str) -> bool:

@@ -152,9 +152,13 @@ def _locate_snapshot(root: str, snapshot: str | None, *, refresh: bool) -> _Entr
         refresh = True
     missing: list[str] = []
     for candidate in _locate.snapshot_candidates(root, snapshot):
-        _locate.check_in_store(root, candidate)
         try:
-            reader = _reader.mapped(candidate)
+            st = _locate.check_in_store(root, candidate)
+            if st is None and not _locate.is_external(root, candidate):
+                raise SnapshotNotFoundError(
+                    f"no snapshot at {candidate}", store=root, snapshot=candidate
+                )
+            reader = _reader.mapped(candidate, st)
         except SnapshotNotFoundError:
             missing.append(candidate)
             continue
@@ -1110,7 +1114,7 @@ def _recent_identity(path: str, max_age_ns: int | None = None) -> tuple[int, int
     limit = IDENTITY_RECHECK_NS if max_age_ns is None else max_age_ns
     if seen is None or now - seen[0] >= limit:
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # a symlink put there since is another identity
             identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         except OSError:
             identity = (0, 0, 0, 0)

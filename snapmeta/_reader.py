@@ -496,11 +496,13 @@ def cached(path: str) -> SnapshotReader | None:
     return _cache.get(path)
 
 
-def mapped(path: str) -> SnapshotReader:
-    """The reader of the snapshot at ``path`` now: one ``stat`` tells whether the cached
-    mapping is still the file there; a replaced file is mapped anew."""
+def mapped(path: str, st: os.stat_result | None = None) -> SnapshotReader:
+    """The reader of the snapshot at ``path`` now: one ``stat`` (or ``st``, taken by the
+    caller) tells whether the cached mapping is still the file there; a replaced file
+    is mapped anew."""
     try:
-        st = os.stat(path)
+        if st is None:
+            st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise SnapshotNotFoundError(
             f"no snapshot at {path}", store=os.path.dirname(path), snapshot=path

@@ -37,8 +37,12 @@ Plate-level facts (reliability II item 6): a snapshot whose plate entry lies
 (name, field count, NGFF version, rows) with valid checksums is reported by
 ``snapmeta.verify`` and ``snapmeta verify`` (exit code 1).
 
-Known snapmeta bugs make some cases skip with ``blocked by snapmeta bug:``
-(only when the bug shows; a fixed bug makes the case run and pass).
+Every case asserts unconditionally: keys with ``..`` or NUL are rejected,
+non-numeric transforms and arrays entries that disagree with their documents
+raise ``SnapmetaError``, a snapshot or ``.snapmeta`` directory symlinked out
+of the store is never opened, deep JSON is rejected, chunk files that are
+FIFOs, devices or symlinks out of the store are never read or written, and
+symlinks are resolved without touching anything outside the store.
 """
 
 from __future__ import annotations
@@ -1237,7 +1241,7 @@ def runner_main(spec_file: str, out_file: str, parallel: int, batch_size: int) -
     gc.freeze()  # children do not copy the runner's heap by collecting it
     sys.addaudithook(_audit_hook)
     results_dir = os.path.dirname(out_file)
-    # cases with a short leash (expected hangs) alone and first, the others in batches
+    # cases with a short leash (those that could hang) alone and first, the others in batches
     short = [[s] for s in specs if s.get("timeout", CASE_TIMEOUT) < CASE_TIMEOUT]
     normal = [s for s in specs if s.get("timeout", CASE_TIMEOUT) >= CASE_TIMEOUT]
     pending = short + [normal[i : i + batch_size] for i in range(0, len(normal), batch_size)]
@@ -1378,7 +1382,8 @@ def prepare_case(c: Case, bases: dict[str, Path], root: Path, compat: bool) -> d
         "keys": list(c.keys),
         "build": c.group == "build",
         "compat": compat,
-        # the data layer may hang (see KNOWN_BUGS): a short leash, started first
+        # a chunk that is a FIFO or a device must not hang a read: a short leash, started
+        # first, so that a regression fails the case instead of stalling the suite
         "timeout": 3.0 if c.group == "data" else CASE_TIMEOUT,
     }
 
@@ -1404,92 +1409,6 @@ def outcomes(
     results = run_cases(specs, root)
     return {spec["id"]: (spec["store"], results[spec["id"]]) for spec in specs}
 
-
-# ---------------------------------------------------------------------------
-# known snapmeta bugs: the case skips while the bug shows, and passes once fixed
-
-_KEY_NOT_CHECKED = (
-    "open_position()/Plate.__getitem__ do not check the key (_sources._check_node_path is "
-    "unused): a key with '..' or NUL that a crafted snapshot lists is looked up, its documents "
-    "are stat'ed at STORE/../... (the network-filesystem walk opens '..' directories), and a "
-    "Position is returned whose array read raises zarr's raw ValueError (NUL: a raw "
-    "ValueError 'embedded null byte' from os.lstat)"
-)
-_NON_NUMERIC_TRANSFORM = (
-    "a transform leaf that is not a number (crafted, valid CRCs) makes Position.scale, "
-    ".translation, .shape, .chunks, .dtype and .level() raise a raw ValueError/TypeError "
-    "from float() in _open.Position._transform"
-)
-_ARRAY_ENTRY_LIES = (
-    "an arrays entry zarr accepts but that disagrees with the array document and its "
-    "chunks (chunk shape, dtype, codecs) makes reads raise zarr's raw ValueError 'cannot "
-    "reshape array of size 64 into shape ...': _recheck finds the documents unchanged and "
-    "re-raises; it could compare the entry with the document and raise SnapshotCorruptError"
-)
-_UNPARSED_DTYPE = (
-    "Position.dtype and .level(i).dtype serve an arrays entry's data_type that zarr cannot "
-    "parse ('evil') verbatim (_open._array_summary falls back to the raw string) while pos[i] "
-    "rejects the same entry as corrupt"
-)
-_SNAPSHOT_FOLLOWED_OUT = (
-    "the in-store snapshot .snapmeta/0 (or the .snapmeta directory) is opened through a "
-    "symlink that leads out of the store (mapped and served; /dev/zero is opened before it is "
-    "rejected)"
-)
-_DEEP_JSON = (
-    "600-deep attributes in a JSON document: fmt.split_leaves recurses past the recursion "
-    "limit and a raw RecursionError escapes (JSON fallback and build_snapshot); msgpack's "
-    "511-level limit (fmt.pack) would fail next"
-)
-_DATA_LAYER = (
-    "chunk files are read and written by zarr's LocalStore without any of snapmeta's "
-    "guards: a FIFO chunk hangs the read, a chunk symlinked to /dev/zero reads without bound, "
-    "a chunk directory symlinked out of the store is read and written (mkdir, .partial, "
-    "rename) outside it"
-)
-_REALPATH_PROBES = (
-    "symlink checks resolve with os.path.realpath (_fsio.resolves_inside), which lstat()s "
-    "the link's target and its parents outside the store (and /dev, /dev/zero) before "
-    "rejecting it"
-)
-
-KNOWN_BUGS: dict[str, str] = {
-    "node-dotdot": _KEY_NOT_CHECKED,
-    "node-dotdot-v2": _KEY_NOT_CHECKED,
-    "node-dotdot-field": _KEY_NOT_CHECKED,
-    "node-nul": _KEY_NOT_CHECKED,
-    "leaf-scale-string": _NON_NUMERIC_TRANSFORM,
-    "leaf-scale-none": _NON_NUMERIC_TRANSFORM,
-    "array-chunks-one-huge-shape": _ARRAY_ENTRY_LIES,
-    "array-chunks-huge": _ARRAY_ENTRY_LIES,
-    "array-dtype-wider": _ARRAY_ENTRY_LIES,
-    "array-codec-wrong": _ARRAY_ENTRY_LIES,
-    "array-dtype-unknown": _UNPARSED_DTYPE,
-    "snapshot-file-symlink-out": _SNAPSHOT_FOLLOWED_OUT,
-    "snapshot-dir-symlink-out": _SNAPSHOT_FOLLOWED_OUT,
-    "snapshot-file-devzero": _SNAPSHOT_FOLLOWED_OUT,
-    "lookup-all-slots-one-node": (
-        "verify raises a raw AssertionError (_verify._reread: assert found is not None) on a "
-        "snapshot whose lookup table (valid CRC) does not lead to its entries"
-    ),
-    "json-position-deep-nesting": _DEEP_JSON,
-    "build-deep-nesting": _DEEP_JSON,
-    "data-chunk-fifo": _DATA_LAYER,
-    "data-chunk-devzero": _DATA_LAYER,
-    "data-chunk-dir-symlink-out": _DATA_LAYER,
-}
-KNOWN_COMPAT_BUGS: dict[str, str] = {
-    "array-chunks-one-huge-shape": _ARRAY_ENTRY_LIES,
-    "array-chunks-huge": _ARRAY_ENTRY_LIES,
-    "array-dtype-wider": _ARRAY_ENTRY_LIES,
-    "array-codec-wrong": _ARRAY_ENTRY_LIES,
-}
-# strace sees what the audit hook cannot: these cases stat outside the store
-KNOWN_STRACE_BUGS: dict[str, str] = {
-    c.id: KNOWN_BUGS.get(c.id, _REALPATH_PROBES)
-    for c in CASES
-    if c.id in KNOWN_BUGS or ("symlink" in c.id and "-out" in c.id) or "devzero" in c.id
-}
 
 # answers that are paths: none may be absolute or hold a "." or ".." segment
 _PATH_ANSWERS = re.compile(r"(:list|\.levels|:plate\.wells|\.positions)$")
@@ -1554,8 +1473,6 @@ def test_crafted_case(crafted: Case, outcomes: dict[str, tuple[str, Any]]) -> No
         verify = next(d for label, _, d in outcome.ops if label == "verify")
         if not verify.startswith("(True"):
             found.append(f"verify: {verify}")
-    if found and crafted.id in KNOWN_BUGS:
-        pytest.skip(f"blocked by snapmeta bug: {KNOWN_BUGS[crafted.id]}")
     assert not found, _report(crafted.id, found)
 
 
@@ -1572,12 +1489,7 @@ def test_crafted_case_compat(crafted: Case, outcomes: dict[str, tuple[str, Any]]
             else f"the case's worker {outcome[0]} before compat ran (see test_crafted_case)"
         )
         pytest.skip(reason)
-    identity = outcomes.get("identity-reencoded")
-    if identity is not None and violations(*identity, compat=True):
-        pytest.skip("snapmeta.compat does not work yet on an intact plate (being rewritten)")
     found = violations(store, outcome, compat=True)
-    if found and crafted.id in KNOWN_COMPAT_BUGS:
-        pytest.skip(f"blocked by snapmeta.compat bug: {KNOWN_COMPAT_BUGS[crafted.id]}")
     assert not found, _report(crafted.id, found)
 
 
@@ -1723,25 +1635,6 @@ def test_strace_no_access_outside_the_store(bases: dict[str, Path], tmp_path: Pa
         raise
     assert len(outcomes) == len(specs)
     found = strace_violations(traced_paths(trace_dir), [spec["store"] for spec in specs], tmp_path)
-    # a violation belongs to the case whose directory holds its path (/dev: a devzero case)
-    known = {c.id for c in chosen if c.id in KNOWN_STRACE_BUGS}
-    owners = [
-        next((c.id for c in chosen if f"/{c.id}/" in v), "devzero" if "'/dev" in v else "")
-        for v in found
-    ]
-    blamed = {
-        KNOWN_STRACE_BUGS.get(o, _REALPATH_PROBES)
-        for o in owners
-        if o in known or (o == "devzero" and any("devzero" in k for k in known))
-    }
-    unexplained = [
-        v
-        for v, o in zip(found, owners, strict=True)
-        if not (o in known or (o == "devzero" and any("devzero" in k for k in known)))
-    ]
-    if found and not unexplained:
-        pytest.skip("blocked by snapmeta bug(s): " + " | ".join(sorted(blamed)))
-    found = unexplained or found
     assert not found, f"{len(found)} path syscall(s) outside the store:\n  " + "\n  ".join(
         list(dict.fromkeys(found))[:40]
     )

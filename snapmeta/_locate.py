@@ -163,12 +163,12 @@ def check_in_store(root: str, snapshot_path: str) -> os.stat_result | None:
         if os.path.islink(directory):
             if not resolves_inside(root, IN_STORE_NAME):
                 raise refuse() from None
-            return os.stat(snapshot_path)
+            return _stat_or_none(snapshot_path)
         return None
     except OSError:  # ELOOP: a symlink
         if not resolves_inside(root, IN_STORE_NAME):
             raise refuse() from None
-        return os.stat(snapshot_path)
+        return _stat_or_none(snapshot_path)
     try:
         st = os.stat("0", dir_fd=fd, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
@@ -178,8 +178,15 @@ def check_in_store(root: str, snapshot_path: str) -> os.stat_result | None:
     if stat.S_ISLNK(st.st_mode):
         if not resolves_inside(root, IN_STORE_NAME):
             raise refuse()
-        return os.stat(snapshot_path)
+        return _stat_or_none(snapshot_path)
     return st
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # a dangling symlink: no snapshot
+        return None
 
 
 def is_external(root: str, snapshot_path: str) -> bool:

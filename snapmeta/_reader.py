@@ -115,7 +115,9 @@ class SnapshotReader:
     def __init__(self, path: str, fd: int, identity: Identity, data: mmap.mmap) -> None:
         self.path = path
         self.identity = identity
-        self._fd = fd
+        # The descriptor becomes this reader's (and closed by it) only once the file
+        # passed every check below; until then open_file owns and closes it.
+        self._fd = -1
         self._mmap = data
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], Any] = {}
@@ -175,6 +177,7 @@ class SnapshotReader:
         if self.plate.wells + self.plate.positions != self._nodes.count:
             raise _corrupt(path, "node count does not match the plate entry", "plate")
         self.node_count = self._nodes.count
+        self._fd = fd
 
     # -- helpers -------------------------------------------------------------------
 

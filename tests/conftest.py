@@ -36,6 +36,17 @@ def forkserver_context() -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _default_codec_pipeline():
+    # iohub 0.3.11 switches zarr's global codec pipeline to zarrs on its first
+    # open and never switches it back: restore it so tests stay independent.
+    import zarr
+
+    path = zarr.config.get("codec_pipeline.path")
+    yield
+    zarr.config.set({"codec_pipeline.path": path})
+
+
+@pytest.fixture(autouse=True)
 def _fresh_process_cache():
     # Each test sees the store as a new worker process would.
     clear_cache()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -35,15 +36,17 @@ def forkserver_context() -> Any:
     return _FORKSERVER
 
 
+# iohub 0.3.11 switches zarr's global codec pipeline to zarrs on its first open
+# (session fixtures open iohub plates too) and never switches it back: every test
+# starts from zarr's default, so tests stay independent.
+_DEFAULT_PIPELINE = zarr.config.get("codec_pipeline.path")
+
+
 @pytest.fixture(autouse=True)
 def _default_codec_pipeline():
-    # iohub 0.3.11 switches zarr's global codec pipeline to zarrs on its first
-    # open and never switches it back: restore it so tests stay independent.
-    import zarr
-
-    path = zarr.config.get("codec_pipeline.path")
+    zarr.config.set({"codec_pipeline.path": _DEFAULT_PIPELINE})
     yield
-    zarr.config.set({"codec_pipeline.path": path})
+    zarr.config.set({"codec_pipeline.path": _DEFAULT_PIPELINE})
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +36,7 @@ from ._writer import (
     stale_temp_files,
     write_array_node,
 )
-from .errors import NotAPlateError, PlateValidationError, Problem, SnapshotWriteError
+from .errors import NotAPlateError, Problem, SnapshotWriteError
 
 __all__ = ["ProgressCallback", "build_snapshot"]
 
@@ -52,17 +52,6 @@ DEFAULT_WORKERS = min(32, 8 * (os.cpu_count() or 1))
 _BATCH = 256  # wells read concurrently before they are encoded (and their positions)
 _FINE_TICK_NS = 10_000_000  # a kernel timestamp tick is a jiffy: 10 ms at most
 _CLOCK_SKEW_NS = 5_000_000_000  # for destinations on another filesystem than the plate
-
-
-def _invalid(root: str, problems: Sequence[Problem]) -> PlateValidationError:
-    problems = tuple(problems)
-    shown = "\n".join(f"  {p}" for p in problems[:50])
-    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-    return PlateValidationError(
-        f"{root}: {len(problems)} problem(s) in the plate metadata:\n{shown}{more}",
-        store=root,
-        problems=problems,
-    )
 
 
 def _write_error(target: Path, root: str, exc: OSError) -> SnapshotWriteError:
@@ -147,7 +136,7 @@ class _Builder:
             ) from exc
         problems = _validate.validate_plate(root_content.document.path, root_content.plate)
         if problems:
-            raise _invalid(self.root, problems)
+            raise _ngff.invalid(self.root, problems)
         self.writer = SnapshotWriter(root_content.document.mtime_ns)
         wells = [str(w["path"]) for w in root_content.plate["wells"]]
         with ThreadPoolExecutor(self.workers, thread_name_prefix="snapmeta-build") as pool:
@@ -160,7 +149,7 @@ class _Builder:
                 if progress is not None:
                     progress("wells", done, len(wells))
         if self.problems:
-            raise _invalid(self.root, self.problems)
+            raise _ngff.invalid(self.root, self.problems)
         return self.writer, root_content
 
     def _batch(self, pool: ThreadPoolExecutor, wells: list[str]) -> None:

@@ -19,7 +19,6 @@ from ._fsio import UnsafePathError, check_relative
 from ._reader import SnapshotReader
 from .errors import (
     NotAPlateError,
-    PlateValidationError,
     PositionNotFoundError,
     Problem,
     SnapshotCorruptError,
@@ -257,7 +256,7 @@ class JsonSource:
 
         problems = _validate.validate_plate(self._root.document.path, self._root.plate)
         if problems:
-            raise _invalid(root, problems)
+            raise self._ngff.invalid(root, problems)
         self._wells: dict[str, Any] = {}
 
     def _digests(
@@ -289,7 +288,7 @@ class JsonSource:
             problems: list[Problem] = []
             found = self.store.well_node(path, problems)
             if found is None:
-                raise _invalid(self.root, problems)
+                raise self._ngff.invalid(self.root, problems)
             self._wells[path] = found
         return found
 
@@ -320,7 +319,7 @@ class JsonSource:
         problems: list[Problem] = []
         content = self.store.position_node(path, problems)
         if content is None:
-            raise _invalid(self.root, problems)
+            raise self._ngff.invalid(self.root, problems)
         arrays = [level.array for level in content.levels]
         image, _ = self._ngff.image_layout(
             content.attributes, self.zarr_format, 0, list(range(len(arrays)))
@@ -351,17 +350,6 @@ class JsonSource:
             content = self._well(well)
             out.extend(f"{well}/{field}" for field, _ in content.images)
         return out
-
-
-def _invalid(root: str, problems: Sequence[Problem]) -> PlateValidationError:
-    problems = tuple(problems)
-    shown = "\n".join(f"  {p}" for p in problems[:50])
-    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-    return PlateValidationError(
-        f"{root}: {len(problems)} problem(s) in the plate metadata:\n{shown}{more}",
-        store=root,
-        problems=problems,
-    )
 
 
 def not_found(root: str, key: str, candidates: Sequence[str]) -> PositionNotFoundError:

@@ -15,6 +15,7 @@ from ._read import (
     StoreReader,
     WellContent,
     as_problem,
+    invalid,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "detect_zarr_format",
     "group_document",
     "image_layout",
+    "invalid",
 ]

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from .._fsio import (
     read_regular,
     resolves_inside,
 )
-from ..errors import Problem
+from ..errors import PlateValidationError, Problem
 from . import _dialect as dialect
 from ._dialect import NgffReadError
 
@@ -108,6 +109,18 @@ def _validate() -> Any:
     from . import _validate
 
     return _validate
+
+
+def invalid(root: str, problems: Sequence[Problem]) -> PlateValidationError:
+    """The error for a plate with ``problems``: the first 50 in the message, all attached."""
+    problems = tuple(problems)
+    shown = "\n".join(f"  {p}" for p in problems[:50])
+    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+    return PlateValidationError(
+        f"{root}: {len(problems)} problem(s) in the plate metadata:\n{shown}{more}",
+        store=root,
+        problems=problems,
+    )
 
 
 def as_problem(exc: NgffReadError) -> Problem:

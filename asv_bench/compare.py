@@ -1340,8 +1340,12 @@ def main(argv: list[str] | None = None) -> int:
         "taken at the start, so that edits during the run do not mix two versions)",
     )
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()
     if not args.no_freeze and not args.report_only and not args.estimate:
-        freeze_snapmeta()
+        frozen = freeze_snapmeta()
+        # Child interpreters started with `-c` put their working directory first
+        # on sys.path: never the repository, whose snapmeta/ is the live one.
+        os.chdir(frozen)
     if args.report_only:
         data = json.loads((args.out / "results.json").read_text())
         print(report(data, args.out))
@@ -1436,9 +1440,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         data = {**previous, **{k: v for k, v in data.items() if k in SECTIONS}}
         # earlier re-measurements of the same sections are superseded
-        kept = [
-            r for r in previous.get("reruns", []) if set(r["sections"]) - set(rerun["sections"])
-        ]
+        kept = []
+        for r in previous.get("reruns", []):
+            left = [x for x in r["sections"] if x not in rerun["sections"]]
+            if left:
+                kept.append({**r, "sections": left})
         data["reruns"] = [*kept, rerun]
     (args.out / "results.json").write_text(json.dumps(data, indent=1))
     text = report(data, args.out)

@@ -65,6 +65,7 @@ SECTIONS = [
     "build",
     "workflow",
     "memory",
+    "format1",
     "network",
     "network-cold",
     "network-trace",
@@ -407,6 +408,100 @@ def section_workflow(fx: common.Fixture, args: argparse.Namespace, work: Path) -
     return results
 
 
+def section_format1(layouts: list[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Format 1 (the last commit that wrote it) against this snapmeta, same run.
+
+    Each version runs in its own measurement process; they take turns. Format
+    1 reads a view of the cached plate (root documents copied, rows
+    symlinked, ``.snapmeta.arrow`` built there by format 1's builder), format
+    2 the plate itself. Both call ``open_position(plate, p)["0"]``.
+    """
+    ref = args.format1_ref
+    old = work / "format1"
+    old.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", ref, "snapmeta"], cwd=HERE.parent, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    results: dict[str, Any] = {"ref": ref, "commit": _short_sha(ref), "plates": {}}
+    procs = {
+        "format 1": network.PeerProcess("snapmeta", sys.executable, pythonpath=str(old)),
+        "format 2": network.PeerProcess("snapmeta", sys.executable),
+    }
+    try:
+        results["versions"] = {k: p.info["versions"]["snapmeta"] for k, p in procs.items()}
+        for layout in layouts:
+            for ngff in common.NGFF_VERSIONS:
+                key = f"{layout}-{ngff}"
+                plate = common.ensure_plate(layout, ngff)
+                common.ensure_snapshot(plate)
+                view = work / f"f1-{key}"
+                view.mkdir()
+                for entry in os.scandir(plate):
+                    if entry.is_dir() and entry.name != common.SNAPSHOT_ARRAY:
+                        os.symlink(entry.path, view / entry.name)
+                    elif entry.name in {".zgroup", ".zattrs", "zarr.json"}:
+                        shutil.copy2(entry.path, view / entry.name)
+                t0 = time.perf_counter()
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import sys, snapmeta; snapmeta.build_snapshot(sys.argv[1])",
+                        str(view),
+                    ],
+                    cwd=old,
+                    env={**os.environ, "PYTHONPATH": str(old)},
+                    check=True,
+                    capture_output=True,
+                )
+                build = time.perf_counter() - t0
+                stores = {"format 1": str(view), "format 2": str(plate)}
+                for name, proc in procs.items():
+                    proc.call(cmd="setup", op="open", src=stores[name], dst="")
+                paths = common.sample_paths(layout)
+                samples: dict[str, list[float]] = {name: [] for name in procs}
+                for proc in procs.values():  # mapping, imports, every sample page
+                    proc.call(cmd="run", op="open", paths=paths, budget=0.2, min=len(paths))
+                order = list(procs)
+                for r in range(args.format1_rounds):
+                    for name in order[r % 2 :] + order[: r % 2]:
+                        samples[name] += procs[name].call(
+                            cmd="run",
+                            op="open",
+                            paths=paths,
+                            budget=args.budget / args.format1_rounds * 2,
+                            min=1,
+                        )["times"]
+                res = {name: summarize(s) for name, s in samples.items()}
+                res["format1_build_s"] = build
+                res["format1_snapshot_bytes"] = os.path.getsize(view / ".snapmeta.arrow")
+                res["format2_snapshot_bytes"] = os.path.getsize(common.snapshot_file(plate))
+                results["plates"][key] = res
+                log(
+                    f"format1 {key}: format 1 {res['format 1']['median'] * 1e3:.3f} ms, "
+                    f"format 2 {res['format 2']['median'] * 1e3:.3f} ms "
+                    f"({res['format 2']['median'] / res['format 1']['median']:.2f}×)"
+                )
+    finally:
+        for p in procs.values():
+            p.close()
+    return results
+
+
+def _short_sha(ref: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", ref],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except Exception:
+        return ref
+
+
 def section_memory(fx: common.Fixture, args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.bench_memory import MEMORY_NGFF, WORKERS
 
@@ -689,6 +784,28 @@ def report(data: dict[str, Any], out: Path) -> str:
             ),
             "",
         ]
+    if "format1" in data:
+        f1 = data["format1"]
+        lines += [
+            f'## Local open + ["0"]: format 1 ({f1["commit"]}) and format 2, same run, median ms',
+            "",
+            "Each version in its own measurement process, taking turns; format 1 reads a view "
+            "of the plate with its `.snapmeta.arrow`, format 2 the plate with `.snapmeta/0`.",
+            "",
+            "| plate | ngff | format 1 | p90 | format 2 | p90 | format 2 / format 1 "
+            "| format 1 bytes / position | format 2 bytes / position |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, r in f1["plates"].items():
+            layout, ngff = key.rsplit("-", 1)
+            a, b = r["format 1"], r["format 2"]
+            n = common.LAYOUTS[layout].n_positions
+            lines.append(
+                f"| {layout} | {ngff} | {_ms(a['median'])} | {_ms(a['p90'])} | "
+                f"{_ms(b['median'])} | {_ms(b['p90'])} | {b['median'] / a['median']:.2f} | "
+                f"{r['format1_snapshot_bytes'] / n:,.0f} | {r['format2_snapshot_bytes'] / n:,.0f} |"
+            )
+        lines.append("")
     if "memory" in data:
         mem = data["memory"]
         lines += [
@@ -1062,9 +1179,19 @@ def network_targets(data: dict[str, Any], add: Callable[[str, bool | None, str],
                 f"{', '.join(str(int(x)) for x in r['read_calls'])} READs, "
                 f"{statistics.median(r['read_bytes']) / 1024:,.0f} KiB",
             )
+    f1 = data.get("format1", {}).get("plates", {})
+    for key, r in f1.items():
+        if "format 1" in r:
+            x = r["format 2"]["median"] / r["format 1"]["median"]
+            add(
+                f"local open {key}: within 10 % of format 1, same run",
+                x <= 1.10,
+                f"{r['format 2']['median'] * 1e3:.3f} vs {r['format 1']['median'] * 1e3:.3f} ms "
+                f"({x:.2f}×)",
+            )
     for key, ref in FORMAT1_OPEN_MS.items():
         r = data.get("open", {}).get(key, {}).get("snapmeta")
-        if r and "median" in r:
+        if r and "median" in r and not f1:
             x = r["median"] * 1e3 / ref
             add(
                 f"local open {key}: within 10 % of format 1 ({ref:.3f} ms)",
@@ -1260,6 +1387,7 @@ _LOCAL_ESTIMATE = {
     "build": (200, 3),
     "workflow": (420, 25),
     "memory": (420, 10),
+    "format1": (330, 10),
 }
 
 
@@ -1310,6 +1438,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workflow-blocks", type=int, default=8, help="interleaved blocks per workflow repeat"
     )
+    parser.add_argument(
+        "--format1-ref",
+        default="331c02a",
+        help="commit whose snapmeta writes format 1 (format1 section; default: the one "
+        "the format-1 report measured; ae0e590 is the last format-1 commit, ~40%% slower)",
+    )
+    parser.add_argument("--format1-rounds", type=int, default=10)
     net = parser.add_argument_group("network sections (latencyfs: root, /dev/fuse, gcc)")
     net.add_argument("--net-layouts", nargs="*", choices=sorted(common.LAYOUTS))
     net.add_argument("--net-delays", nargs="*", type=float, help="ms per round trip")
@@ -1425,6 +1560,9 @@ def main(argv: list[str] | None = None) -> int:
             data["workflow"] = section_workflow(fx, args, work)
         if "memory" in args.sections:
             data["memory"] = section_memory(fx, args)
+        if "format1" in args.sections:
+            layouts = ["w96"] if args.smoke else ["w96", "w7035", "f100000"]
+            data["format1"] = section_format1(layouts, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

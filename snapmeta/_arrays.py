@@ -29,9 +29,12 @@ from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteReques
 from zarr.storage import LocalStore, StorePath
 
 from ._fsio import (
+    DIR_FLAGS,
+    READ_FLAGS,
     UnreadableFileError,
     UnsafePathError,
     check_relative,
+    open_beneath,
     open_regular,
     resolves_inside,
 )
@@ -43,13 +46,15 @@ class GuardedStore(LocalStore):
     """zarr's local store, refusing chunk paths that lead out of the store or to
     anything but a regular file (a FIFO would hang a read, ``/dev/zero`` never end it).
 
-    Each directory is checked once per store object (``lstat``; a symlink must
-    resolve inside the store). A chunk is read through a descriptor opened without
-    following a symlink and without blocking, and checked to be a regular file:
-    the same path walk zarr's own read makes, so no extra round trip. Writes and
-    deletes replace or remove the directory entry and never follow it, so their
-    directories are all that needs checking. The zarrs codec pipeline does not know
-    this class and leaves its I/O to zarr.
+    Where the kernel can (Linux openat2 with ``RESOLVE_BENEATH``), a chunk is
+    opened by one walk that refuses to leave the store, without blocking, and
+    checked to be a regular file: the same path walk zarr's own read makes, so
+    no extra round trip. A write or delete replaces or removes the directory
+    entry and never follows it, so only its directory is resolved that way, once
+    per directory and store object. What the kernel cannot decide (an absolute
+    symlink, an old kernel) is checked component by component: one ``lstat`` per
+    directory, and a symlink must resolve inside the store. The zarrs codec
+    pipeline does not know this class and leaves its I/O to zarr.
     """
 
     def __init__(self, root: str, *, read_only: bool) -> None:
@@ -57,14 +62,37 @@ class GuardedStore(LocalStore):
         self._base = str(root)
         self._dirs: set[str] = set()
 
-    def _guard(self, key: str) -> None:
+    def _checked_key(self, key: str) -> None:
         try:
             check_relative(key)
         except UnsafePathError as exc:
             raise self._refuse(key, str(exc)) from None
+
+    def _guard(self, key: str) -> None:
+        """The slow check: each directory on the key's path, one at a time."""
+        self._checked_key(key)
         parent = key.rpartition("/")[0]
         if parent and not self._dir_inside(parent):
             raise self._refuse(key, "a directory on its path leads out of the store")
+
+    def _guard_write(self, key: str) -> None:
+        self._checked_key(key)
+        parent = key.rpartition("/")[0]
+        if not parent or parent in self._dirs:
+            return
+        try:
+            os.close(open_beneath(self._base, parent, DIR_FLAGS))
+        except (FileNotFoundError, NotADirectoryError):
+            return  # what exists of the path is inside; zarr creates the rest
+        except OSError:
+            self._guard(key)  # escape, absolute symlink or no openat2: decide slowly
+            return
+        self._remember(parent)
+
+    def _remember(self, rel: str) -> None:
+        if len(self._dirs) > 65536:
+            self._dirs.clear()
+        self._dirs.add(rel)
 
     def _dir_inside(self, rel: str) -> bool:
         """Whether directory ``rel`` stays inside the store, one ``lstat`` per new
@@ -80,9 +108,7 @@ class GuardedStore(LocalStore):
             return True  # missing: zarr creates it (a write) or finds nothing (a read)
         if stat.S_ISLNK(st.st_mode) and not resolves_inside(self._base, rel):
             return False
-        if len(self._dirs) > 65536:
-            self._dirs.clear()
-        self._dirs.add(rel)
+        self._remember(rel)
         return True
 
     def _refuse(self, key: str, reason: str) -> Exception:
@@ -95,21 +121,49 @@ class GuardedStore(LocalStore):
             reason=reason,
         )
 
-    def _read(self, key: str, byte_range: Any) -> bytes | None:
+    def _open_chunk(self, key: str) -> tuple[int, os.stat_result] | None:
+        """A regular file's descriptor and status, or None where no chunk is."""
+        self._checked_key(key)
+        try:
+            fd = open_beneath(self._base, key, READ_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EAGAIN, errno.ELOOP):
+                raise self._refuse(key, exc.strerror or str(exc)) from None
+            return self._open_chunk_slowly(key)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise self._refuse(key, "not a regular file")
+        return fd, st
+
+    def _open_chunk_slowly(self, key: str) -> tuple[int, os.stat_result] | None:
+        self._guard(key)
         path = f"{self._base}/{key}"
         try:
             try:
-                fd, st = open_regular(path, nofollow=True)
+                return open_regular(path, nofollow=True)
             except UnreadableFileError as exc:
                 if exc.errno != errno.ELOOP:
                     raise
                 if not resolves_inside(self._base, key):
                     raise self._refuse(key, "a symlink out of the store") from None
-                fd, st = open_regular(path)
+                return open_regular(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except UnreadableFileError as exc:
             raise self._refuse(key, str(exc.strerror)) from None
+
+    def _read(self, key: str, byte_range: Any) -> bytes | None:
+        opened = self._open_chunk(key)
+        if opened is None:
+            return None
+        fd, st = opened
         try:
             size = st.st_size
             if byte_range is None:
@@ -135,8 +189,8 @@ class GuardedStore(LocalStore):
             os.close(fd)
 
     async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
-        self._guard(key)
         if prototype is None:  # zarr's own default; the pipeline always passes one
+            self._guard(key)
             return await super().get(key, prototype, byte_range)
         data = self._read(key, byte_range)
         return None if data is None else prototype.buffer.from_bytes(data)
@@ -144,22 +198,29 @@ class GuardedStore(LocalStore):
     async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
         out = []
         for key, byte_range in key_ranges:
-            self._guard(key)
             data = self._read(key, byte_range)
             out.append(None if data is None else prototype.buffer.from_bytes(data))
         return out
 
     async def set(self, key: str, value: Any) -> None:
-        self._guard(key)
+        self._guard_write(key)
         await super().set(key, value)
+        self._written(key)
 
     async def set_if_not_exists(self, key: str, value: Any) -> None:
-        self._guard(key)
+        self._guard_write(key)
         await super().set_if_not_exists(key, value)
+        self._written(key)
 
     async def delete(self, key: str) -> None:
-        self._guard(key)
+        self._guard_write(key)
         await super().delete(key)
+
+    def _written(self, key: str) -> None:
+        # zarr made the missing directories itself: real ones, inside the store
+        parent = key.rpartition("/")[0]
+        if parent:
+            self._remember(parent)
 
 
 def local_store(root: str, *, read_only: bool) -> LocalStore:

@@ -1739,3 +1739,79 @@ def test_verify_reports_a_lying_plate_entry(
     assert main(["verify", str(store), "-q"]) == 1
     out = capsys.readouterr().out
     assert "problem" in out
+
+
+# ---------------------------------------------------------------------------
+# chunk I/O: the kernel's confined walk (openat2) and the lstat walk that stands
+# in for it where the kernel cannot decide (absolute symlinks, old kernels)
+
+
+def _openat2_works(tmp_path: Path) -> bool:
+    from snapmeta import _fsio
+
+    try:
+        os.close(_fsio.open_beneath(str(tmp_path), ".", _fsio.DIR_FLAGS))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+@pytest.mark.parametrize("resolver", ["openat2", "lstat"])
+def test_chunk_confinement_by_either_walk(
+    bases: dict[str, Path],
+    tmp_path: Path,
+    ngff: str,
+    resolver: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunk reads and writes refuse a directory symlink out of the store and a FIFO
+    chunk, and follow an absolute symlink that points back inside, whichever walk
+    checks them: data equal to zarr's own read, no hang, UnsafeStoreError."""
+    import numpy as np
+    import zarr
+
+    from snapmeta import _fsio
+
+    if resolver == "openat2" and not _openat2_works(tmp_path):
+        pytest.skip("openat2(RESOLVE_BENEATH) is not available here")
+    if resolver == "lstat":
+        monkeypatch.setattr(_fsio, "_syscall", False)
+    store = tmp_path / "store"
+    shutil.copytree(bases[ngff], store, symlinks=True)
+    level = store / "A/1/0/0"
+    written = zarr.open_array(level, mode="r+")  # the base plate holds no chunks
+    written[...] = np.arange(written.size, dtype=written.dtype).reshape(written.shape)
+    expected = zarr.open_array(level, mode="r")[...]
+    top = "c" if ngff == "0.5" else "0"  # the first directory of chunk keys
+
+    # an absolute symlink to a directory inside the store: followed
+    shutil.move(level / top, store / "moved")
+    os.symlink(store / "moved", level / top)
+    clear_cache()
+    np.testing.assert_array_equal(snapmeta.open_position(store, "A/1/0")["0"][...], expected)
+    snapmeta.open_position(store, "A/1/0", mode="r+")["0"][...] = expected
+    np.testing.assert_array_equal(zarr.open_array(level, mode="r")[...], expected)
+
+    # the same directory out of the store: refused both ways, the outside untouched
+    outside = tmp_path / "outside"
+    shutil.move(store / "moved", outside)
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    os.unlink(level / top)
+    os.symlink(outside, level / top)
+    clear_cache()
+    with pytest.raises(snapmeta.UnsafeStoreError, match=r"out of the store|leads out"):
+        snapmeta.open_position(store, "A/1/0")["0"][...]
+    with pytest.raises(snapmeta.UnsafeStoreError, match=r"out of the store|leads out"):
+        snapmeta.open_position(store, "A/1/0", mode="r+")["0"][...] = expected + 1
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before
+
+    # a FIFO where a chunk is: an error, not a hang
+    os.unlink(level / top)
+    shutil.copytree(outside, level / top)
+    chunk = next(p for p in (level / top).rglob("*") if p.is_file())
+    chunk.unlink()
+    os.mkfifo(chunk)
+    clear_cache()
+    with pytest.raises(snapmeta.UnsafeStoreError, match="not a regular file"):
+        snapmeta.open_position(store, "A/1/0")["0"][...]

@@ -366,7 +366,7 @@ def serve(peer: str) -> None:
 class PeerProcess:
     """The parent's handle on one measurement process."""
 
-    def __init__(self, peer: str, python: str) -> None:
+    def __init__(self, peer: str, python: str, *, pythonpath: str | None = None) -> None:
         self.peer = peer
         code = (
             f"import sys; sys.path.insert(0, {str(ASV_DIR)!r})\n"
@@ -375,6 +375,8 @@ class PeerProcess:
         )
         # PYTHONPATH is kept: compare.py points it at its frozen copy of snapmeta
         env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
+        if pythonpath is not None:  # e.g. another snapmeta (compare.py's format1 section)
+            env["PYTHONPATH"] = pythonpath
         self.proc = subprocess.Popen(
             [python, "-c", code],
             stdin=subprocess.PIPE,

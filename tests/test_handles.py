@@ -65,3 +65,44 @@ def test_plate_surface(plate_96):
         with pytest.raises(KeyError):
             pos["7"]
         assert "snapmeta.Position" in repr(pos) and "96 positions" in repr(plate)
+
+
+def _files(root):
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode & 0o777)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_writes_leave_what_zarr_leaves(ngff, tmp_path):
+    """Chunk writes through snapmeta (made inside directories it opened once) leave
+    the same files, bytes and permissions as the same writes through zarr's own
+    store: new chunk directories, overwritten chunks, no ``.partial`` left over."""
+    from snapmeta.testing import write_plate
+
+    stores = {}
+    for who in ("zarr", "snapmeta"):
+        store = tmp_path / who / "plate.zarr"
+        write_plate(
+            store, rows=1, columns=2, fields=1, ngff=ngff, shape=(1, 2, 1, 8, 8), data="none"
+        )
+        snapmeta.build_snapshot(store)
+        stores[who] = store
+    rng = np.random.default_rng(7)
+    writes = [
+        (np.s_[...], rng.integers(0, 60000, (1, 2, 1, 8, 8))),
+        (np.s_[0, 1, 0, 2:5], rng.integers(0, 60000, (3, 8))),  # overwrites part of a chunk
+    ]
+    for path in ("A/1/0", "A/2/0"):
+        theirs = zarr.open_array(stores["zarr"] / path / "0", mode="r+")
+        ours = snapmeta.open_position(stores["snapmeta"], path, mode="r+")["0"]
+        for where, values in writes:
+            theirs[where] = values
+            ours[where] = values
+        np.testing.assert_array_equal(ours[...], theirs[...])
+    expected = {k: v for k, v in _files(stores["zarr"]).items() if ".snapmeta" not in k}
+    found = {k: v for k, v in _files(stores["snapmeta"]).items() if ".snapmeta" not in k}
+    assert found == expected
+    assert not [k for k in found if k.endswith(".partial")]

@@ -235,8 +235,10 @@ def test_seed_task_round_trips(mounted: tuple[LatencyFS, str, str], destination:
     """The seed workflow's task costs fewer round trips through snapmeta than
     through the zarr workaround: open the source position, read level 0, open
     the destination position with mode "a", write it (a position never
-    written before). Chunk reads and writes are the same zarr code either way,
-    so snapmeta's opens (and whatever its arrays add) decide."""
+    written before). Besides its opens, snapmeta's store resolves each chunk
+    path once, relative to the store, where zarr's walks it from the mount
+    point four times per write (mkdir, create, both sides of the rename): at
+    least a third fewer round trips (measured 157 against 286 for NGFF 0.4)."""
     import zarr
 
     fs, plate, _ = mounted
@@ -256,7 +258,7 @@ def test_seed_task_round_trips(mounted: tuple[LatencyFS, str, str], destination:
         with_snapmeta(COUNTED[0])
     with fs.measure() as z:
         with_zarr(COUNTED[1])
-    assert _round_trips(s) <= _round_trips(z), (
+    assert _round_trips(s) * 1.5 <= _round_trips(z), (
         f"snapmeta {_round_trips(s)} round trips {_requests(s)}; "
         f"zarr workaround {_round_trips(z)} {_requests(z)}"
     )

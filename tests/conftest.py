@@ -64,6 +64,19 @@ def snapshot_file(store: Path) -> Path:
     return Path(store) / IN_STORE_NAME
 
 
+def limit_memory(headroom: int) -> None:
+    """Cap this (child) process's address space at its size now plus ``headroom``
+    bytes: an unbounded read fails instead of taking the host."""
+    try:
+        import resource
+
+        with open("/proc/self/status") as fh:
+            vm = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, vm + headroom))
+    except (OSError, ValueError, StopIteration, ImportError):
+        pass
+
+
 def node_attributes(store: Path, node: str, zarr_format: int) -> dict[str, Any]:
     """A node's attributes read straight from its JSON document (ground truth)."""
     base = store / node if node else store
@@ -91,6 +104,24 @@ def plate_96(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         build_snapshot(path)
         out[ngff] = path
     return out
+
+
+@pytest.fixture(scope="session")
+def small_plate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1x2 single-field wells, NGFF 0.5, no chunks, snapshot built: a base to copy."""
+    from snapmeta import build_snapshot
+    from snapmeta.testing import write_plate
+
+    store = write_plate(
+        tmp_path_factory.mktemp("small") / "plate",
+        rows=1,
+        columns=2,
+        fields=1,
+        shape=(1, 2, 1, 8, 8),
+        data="none",
+    )
+    build_snapshot(store)
+    return store
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
-from conftest import snapshot_file
+from conftest import limit_memory, snapshot_file
 
 import snapmeta
 from snapmeta import _format as fmt
@@ -994,19 +994,6 @@ def _short(value: Any) -> str:
         return f"<repr failed: {type(exc).__name__}>"
 
 
-def _limit_memory() -> None:
-    """Cap the worker's address space: an unbounded read fails instead of taking the host."""
-    try:
-        import resource
-
-        with open("/proc/self/status") as fh:
-            vm = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
-        limit = vm + (3 << 30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (OSError, ValueError, StopIteration, ImportError):
-        pass
-
-
 class _Skip(Exception):
     pass
 
@@ -1183,7 +1170,7 @@ def _child(batch: list[dict[str, Any]], results_dir: str) -> None:
     and then its result in ``results_dir``."""
     code = 0
     try:
-        _limit_memory()
+        limit_memory(3 << 30)
         for spec in batch:
             base = os.path.join(results_dir, spec["id"])
             with open(base + ".start", "w"):

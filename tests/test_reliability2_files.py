@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import forkserver_context, snapshot_file
+from conftest import forkserver_context, limit_memory, snapshot_file
 
 import snapmeta
 from snapmeta._open import clear_cache
@@ -62,19 +62,6 @@ SCENARIO_TIMEOUT = 30.0
 
 # ---------------------------------------------------------------------------
 # child processes with a timeout
-
-
-def _limit_memory() -> None:
-    """Cap the address space: an unbounded read fails instead of taking the host."""
-    try:
-        import resource
-
-        with open("/proc/self/status") as fh:
-            vm = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
-        limit = vm + (2 << 30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    except (OSError, ValueError, StopIteration, ImportError):
-        pass
 
 
 def outcome(fn: Callable[[], Any]) -> str:
@@ -91,7 +78,7 @@ def outcome(fn: Callable[[], Any]) -> str:
 
 
 def _scenario_child(conn: Any, name: str, args: tuple[Any, ...]) -> None:
-    _limit_memory()
+    limit_memory(2 << 30)
     try:
         result = SCENARIOS[name](*args)
     except BaseException as exc:
@@ -210,20 +197,6 @@ SCENARIOS: dict[str, Callable[..., Any]] = {
 # special files
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = write_plate(
-        tmp_path_factory.mktemp("special") / "plate",
-        rows=1,
-        columns=2,
-        fields=1,
-        shape=(1, 2, 1, 8, 8),
-        data="none",
-    )
-    snapmeta.build_snapshot(store)
-    return store
-
-
 def _replace(path: Path, make: Callable[[Path], Any]) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -279,9 +252,9 @@ CASES = [
 ]
 
 
-def _prepare(base: Path, root: Path, group: str, kind: str) -> Path:
+def _prepare(small_plate: Path, root: Path, group: str, kind: str) -> Path:
     store = root / f"{group.replace(':', '-')}-{kind}" / "plate"
-    shutil.copytree(base, store, symlinks=True)
+    shutil.copytree(small_plate, store, symlinks=True)
     if group == "snapshot":
         target = snapshot_file(store)
     else:
@@ -294,10 +267,10 @@ def _prepare(base: Path, root: Path, group: str, kind: str) -> Path:
 
 @pytest.fixture(scope="module")
 def special_results(
-    base: Path, tmp_path_factory: pytest.TempPathFactory
+    small_plate: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[tuple[str, str], Any]:
     root = tmp_path_factory.mktemp("special-cases")
-    stores = {case: _prepare(base, root, *case) for case in CASES}
+    stores = {case: _prepare(small_plate, root, *case) for case in CASES}
     # the snapshot given explicitly, and found through SNAPMETA_SNAPSHOT_DIR
     explicit = root / "explicit"
     explicit.mkdir()
@@ -307,7 +280,7 @@ def special_results(
         ("build" if group.startswith("build:") else "opens", (str(stores[(group, kind)]),))
         for group, kind in CASES
     ]
-    jobs += [("explicit", (str(base), str(explicit / f"{kind}.arrow"))) for kind in SPECIAL]
+    jobs += [("explicit", (str(small_plate), str(explicit / f"{kind}.arrow"))) for kind in SPECIAL]
     results = run_scenarios(jobs)
     out = dict(zip(CASES, results[: len(CASES)], strict=True))
     for kind, result in zip(SPECIAL, results[len(CASES) :], strict=True):
@@ -396,14 +369,14 @@ def _alarm(seconds: int) -> Iterator[None]:
 @pytest.mark.parametrize("kind", list(SPECIAL))
 @pytest.mark.parametrize("command", ["info", "ls", "verify"])
 def test_cli_special_snapshot_one_error_line(
-    base: Path, tmp_path: Path, kind: str, command: str, capsys: pytest.CaptureFixture[str]
+    small_plate: Path, tmp_path: Path, kind: str, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``snapmeta info|ls|verify`` on a special snapshot: exit code 1 and, for info and
     ls, exactly one line on stderr, ``snapmeta: error: ...`` (verify prints its report)."""
     from snapmeta._cli import main
 
     store = tmp_path / "plate"
-    shutil.copytree(base, store, symlinks=True)
+    shutil.copytree(small_plate, store, symlinks=True)
     _replace(snapshot_file(store), SPECIAL[kind])
     clear_cache()
     capsys.readouterr()
@@ -418,11 +391,11 @@ def test_cli_special_snapshot_one_error_line(
         assert "problem" in captured.out, captured.out
 
 
-def test_cli_subprocess_fifo_snapshot(base: Path, tmp_path: Path) -> None:
+def test_cli_subprocess_fifo_snapshot(small_plate: Path, tmp_path: Path) -> None:
     """``python -m snapmeta info`` on a FIFO snapshot, as a user runs it: exit code 1,
     one error line, in bounded time."""
     store = tmp_path / "plate"
-    shutil.copytree(base, store, symlinks=True)
+    shutil.copytree(small_plate, store, symlinks=True)
     _replace(snapshot_file(store), _fifo)
     proc = subprocess.run(
         [sys.executable, "-m", "snapmeta", "info", str(store)],

@@ -328,29 +328,15 @@ FALLBACK_CASES: dict[str, tuple[str, Callable[[Path], Any]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def fallback_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = write_plate(
-        tmp_path_factory.mktemp("fallback") / "plate",
-        rows=1,
-        columns=2,
-        fields=1,
-        shape=(1, 2, 1, 8, 8),
-        data="none",
-    )
-    snapmeta.build_snapshot(store)
-    return store
-
-
 @pytest.mark.parametrize("case", list(FALLBACK_CASES))
 def test_json_fallback_rejects_invalid_documents(
-    fallback_base: Path, tmp_path: Path, case: str
+    small_plate: Path, tmp_path: Path, case: str
 ) -> None:
     """A document changed after the build into something the builder would reject: every
     read that reaches it raises PlateValidationError or NotAPlateError (the others
     answer), ``verify`` reports it; no raw exception escapes."""
     store = tmp_path / "plate"
-    shutil.copytree(fallback_base, store)
+    shutil.copytree(small_plate, store)
     document, change = FALLBACK_CASES[case]
     change(store / document)
     clear_cache()

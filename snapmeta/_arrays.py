@@ -29,6 +29,7 @@ from typing import Any
 
 import zarr
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore, StorePath
 
 from ._fsio import (
@@ -79,18 +80,32 @@ class GuardedStore(LocalStore):
             raise self._refuse(key, "a directory on its path leads out of the store")
 
     def _guard_write(self, key: str) -> None:
+        parent = key.rpartition("/")[0]
+        if parent in self._dirs:
+            return
+        fd = self._parent_fd(key, create=False)
+        if fd is not None:
+            os.close(fd)
+            self._remember(parent)
+
+    def _parent_fd(self, key: str, *, create: bool) -> int | None:
+        """A descriptor of the key's directory, resolved inside the store and, with
+        ``create``, made where missing. None where there is no such directory yet
+        (without ``create``: what exists of the path is inside, and zarr creates
+        the rest) or where the kernel cannot decide, the lstat walk having passed."""
         self._checked_key(key)
         parent = key.rpartition("/")[0]
-        if not parent or parent in self._dirs:
-            return
         try:
-            os.close(open_beneath(self._base, parent, DIR_FLAGS))
+            return open_beneath(self._base, parent or ".", DIR_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
-            return  # what exists of the path is inside; zarr creates the rest
+            if not create:
+                return None
+            fd = self._make_dirs(parent)
         except OSError:
-            self._guard(key)  # escape, absolute symlink or no openat2: decide slowly
-            return
-        self._remember(parent)
+            fd = None  # escape, absolute symlink or no openat2: decide slowly
+        if fd is None:
+            self._guard(key)
+        return fd
 
     def _remember(self, rel: str) -> None:
         if len(self._dirs) > 65536:
@@ -192,9 +207,8 @@ class GuardedStore(LocalStore):
             os.close(fd)
 
     async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
-        if prototype is None:  # zarr's own default; the pipeline always passes one
-            self._guard(key)
-            return await super().get(key, prototype, byte_range)
+        if prototype is None:  # zarr's own default; its pipeline always passes one
+            prototype = default_buffer_prototype()
         # a thread per read, as zarr's own store does: chunks of one call load together
         data = await asyncio.to_thread(self._read, key, byte_range)
         return None if data is None else prototype.buffer.from_bytes(data)
@@ -214,7 +228,6 @@ class GuardedStore(LocalStore):
     async def set_if_not_exists(self, key: str, value: Any) -> None:
         self._guard_write(key)
         await super().set_if_not_exists(key, value)
-        self._written(key)
 
     async def delete(self, key: str) -> None:
         self._guard_write(key)
@@ -224,91 +237,64 @@ class GuardedStore(LocalStore):
         """zarr's write (a temporary file renamed over the chunk), done inside the
         directory the confinement check opened: one path walk per write where
         zarr makes four (mkdir, create, and both sides of the rename)."""
-        self._checked_key(key)
-        parent, _, name = key.rpartition("/")
-        dir_fd: int | None
+        dir_fd = self._parent_fd(key, create=True)
+        if dir_fd is None:  # the lstat walk passed: zarr's path-based steps
+            directory = os.path.join(self._base, key.rpartition("/")[0])
+            os.makedirs(directory, exist_ok=True)
+            dir_fd = os.open(directory, DIR_FLAGS)
         try:
-            dir_fd = open_beneath(self._base, parent or ".", DIR_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            dir_fd = self._make_dirs(parent)  # what exists of the path is inside
-        except OSError:
-            self._guard(key)  # escape, absolute symlink or no openat2: decide slowly
-            dir_fd = None
-        if dir_fd is None:
-            _write_replacing(os.path.join(self._base, parent), name, value, make_dirs=True)
-        else:
-            try:
-                _write_replacing(dir_fd, name, value)
-            finally:
-                os.close(dir_fd)
-        self._written(key)
+            _write_replacing(dir_fd, key.rpartition("/")[2], value)
+        finally:
+            os.close(dir_fd)
 
     def _make_dirs(self, parent: str) -> int | None:
         """Create the missing directories of ``parent`` one at a time, each inside
         the one before, and return a descriptor of the last; None where a
-        component is a symlink (the caller's slow path decides then)."""
+        component is a symlink or not a directory."""
         fd = os.open(self._base, DIR_FLAGS)
         for name in parent.split("/"):
             child = _child_dir(fd, name)
             os.close(fd)
             if child is None:
-                self._guard(f"{parent}/_")
                 return None
             fd = child
         return fd
-
-    def _written(self, key: str) -> None:
-        # zarr made the missing directories itself: real ones, inside the store
-        parent = key.rpartition("/")[0]
-        if parent:
-            self._remember(parent)
 
 
 def _child_dir(dir_fd: int, name: str) -> int | None:
     """A descriptor of directory ``name`` in ``dir_fd``, made if missing; None if
     it is a symlink or not a directory."""
-    for attempt in (0, 1):
-        try:
-            return os.open(name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
-        except FileNotFoundError:
-            if attempt:
-                raise
-            with contextlib.suppress(FileExistsError):  # a concurrent writer made it
-                os.mkdir(name, dir_fd=dir_fd)
-        except OSError:
-            return None
-    return None
-
-
-def _write_replacing(directory: int | str, name: str, value: Any, make_dirs: bool = False) -> None:
-    """Write ``name`` in ``directory`` (a descriptor or a path) as zarr's local
-    store does: a ``.partial`` file renamed over it, removed again on failure."""
-    if isinstance(directory, str):
-        if make_dirs:
-            os.makedirs(directory, exist_ok=True)
-        dir_fd = os.open(directory, DIR_FLAGS)
-    else:
-        dir_fd = directory
+    flags = DIR_FLAGS | os.O_NOFOLLOW
     try:
-        temp = f"{name}.{uuid.uuid4().hex}.partial"
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=dir_fd
-        )
+        return os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):  # a concurrent writer made it
+            os.mkdir(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
+def _write_replacing(dir_fd: int, name: str, value: Any) -> None:
+    """Write ``name`` in directory ``dir_fd`` as zarr's local store does: a
+    ``.partial`` file renamed over it, removed again on failure (no fsync)."""
+    temp = f"{name}.{uuid.uuid4().hex}.partial"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+    try:
         try:
-            try:
-                view = memoryview(value.as_buffer_like()).cast("B")
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=dir_fd)
-            raise
-    finally:
-        if dir_fd is not directory:
-            os.close(dir_fd)
+            view = memoryview(value.as_buffer_like()).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise
 
 
 def local_store(root: str, *, read_only: bool) -> LocalStore:

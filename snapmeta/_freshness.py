@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import _format as fmt
-from ._fsio import read_regular, resolves_inside
+from ._fsio import DIR_FLAGS, read_regular, resolves_inside
 from .errors import SnapshotStaleWarning, StaleSnapshotError
 
 Check = Literal["none", "stat", "digest"]
@@ -255,8 +255,7 @@ def changed_documents(
 # ---------------------------------------------------------------------------
 # network filesystems: one walk, directory handles, concurrent checks
 
-_O_PATH = getattr(os, "O_PATH", 0)
-_DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_DIR_FLAGS = DIR_FLAGS | os.O_NOFOLLOW
 
 # statfs magic numbers of filesystems where every stat is a round trip
 _NETWORK_TYPES = {

@@ -66,6 +66,7 @@ def _openat2(dir_fd: int, path: str, flags: int) -> int:
         code = ctypes.get_errno()
         if code in (errno.ENOSYS, errno.EPERM):  # old kernel, or a seccomp filter
             _syscall = False
+            code = errno.ENOSYS  # one answer for "unavailable", this call and the next
         raise OSError(code, os.strerror(code), path)
     return int(fd)
 
@@ -79,6 +80,8 @@ def open_beneath(root: str, relpath: str, flags: int) -> int:
     back inside; ENOSYS where the kernel cannot do this (the caller checks the
     path itself then); EAGAIN when a concurrent rename raced the walk.
     """
+    if _syscall is False or _OPENAT2_NR is None:
+        raise OSError(errno.ENOSYS, "openat2 is not available")
     root_fd = os.open(root, DIR_FLAGS)
     try:
         return _openat2(root_fd, relpath, flags)
@@ -212,16 +215,3 @@ def resolves_inside(root: str, relpath: str, real_root: str | None = None) -> bo
             rest = target
         pending = [p for p in rest.split("/") if p not in ("", ".")] + pending
     return True
-
-
-def has_symlink(root: str, relpath: str) -> bool:
-    """Whether any component of ``relpath`` under ``root`` is a symlink (``lstat`` each)."""
-    current = root
-    for part in relpath.split("/"):
-        current = f"{current}/{part}"
-        try:
-            if stat.S_ISLNK(os.lstat(current).st_mode):
-                return True
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-    return False

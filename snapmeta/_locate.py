@@ -19,6 +19,7 @@ snapshot is never applied to another plate.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -141,52 +142,54 @@ def check_in_store(root: str, snapshot_path: str) -> os.stat_result | None:
     The array directory is opened without following a symlink, and the file is
     stat-ed relative to it: a path walk each, as a plain ``stat`` of the file costs.
     """
-    from ._fsio import resolves_inside
-    from .errors import SnapshotFormatError
+    from ._fsio import DIR_FLAGS, resolves_inside
 
     if is_external(root, snapshot_path):
         return None
 
-    def refuse() -> SnapshotFormatError:
-        return SnapshotFormatError(
-            f"{snapshot_path} leads out of the store (a symlink); snapmeta does not follow it. "
-            f"Rebuild the snapshot with `snapmeta build {root}`",
-            snapshot=snapshot_path,
-            reason="symlink out of the store",
-        )
+    def through_symlink() -> os.stat_result | None:
+        if not resolves_inside(root, IN_STORE_NAME):
+            reason = "leads out of the store (a symlink); snapmeta does not follow it"
+            raise _unusable(root, snapshot_path, reason)
+        return _stat_or_none(root, snapshot_path)
 
-    flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
     directory = os.path.join(root, IN_STORE_ARRAY)
     try:
-        fd = os.open(directory, flags | os.O_NOFOLLOW)
+        fd = os.open(directory, DIR_FLAGS | os.O_NOFOLLOW)
     except (FileNotFoundError, NotADirectoryError):
-        if os.path.islink(directory):
-            if not resolves_inside(root, IN_STORE_NAME):
-                raise refuse() from None
-            return _stat_or_none(snapshot_path)
-        return None
-    except OSError:  # ELOOP: a symlink
-        if not resolves_inside(root, IN_STORE_NAME):
-            raise refuse() from None
-        return _stat_or_none(snapshot_path)
+        return through_symlink() if os.path.islink(directory) else None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise _unusable(root, snapshot_path, f"cannot be opened ({exc.strerror})") from None
+        return through_symlink()
     try:
         st = os.stat("0", dir_fd=fd, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise _unusable(root, snapshot_path, f"cannot be opened ({exc.strerror})") from None
     finally:
         os.close(fd)
-    if stat.S_ISLNK(st.st_mode):
-        if not resolves_inside(root, IN_STORE_NAME):
-            raise refuse()
-        return _stat_or_none(snapshot_path)
-    return st
+    return through_symlink() if stat.S_ISLNK(st.st_mode) else st
 
 
-def _stat_or_none(path: str) -> os.stat_result | None:
+def _stat_or_none(root: str, path: str) -> os.stat_result | None:
     try:
         return os.stat(path)
     except (FileNotFoundError, NotADirectoryError):  # a dangling symlink: no snapshot
         return None
+    except OSError as exc:
+        raise _unusable(root, path, f"cannot be opened ({exc.strerror})") from None
+
+
+def _unusable(root: str, snapshot_path: str, reason: str) -> Exception:
+    from .errors import SnapshotFormatError
+
+    return SnapshotFormatError(
+        f"{snapshot_path} {reason}. Rebuild the snapshot with `snapmeta build {root}`",
+        snapshot=snapshot_path,
+        reason=reason,
+    )
 
 
 def is_external(root: str, snapshot_path: str) -> bool:

@@ -1114,7 +1114,7 @@ def _recent_identity(path: str, max_age_ns: int | None = None) -> tuple[int, int
     limit = IDENTITY_RECHECK_NS if max_age_ns is None else max_age_ns
     if seen is None or now - seen[0] >= limit:
         try:
-            st = os.lstat(path)  # a symlink put there since is another identity
+            st = os.stat(path)  # the file the reader mapped, through a symlink too
             identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         except OSError:
             identity = (0, 0, 0, 0)

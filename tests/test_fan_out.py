@@ -82,3 +82,19 @@ def test_missing_positions_are_reported(store: Path) -> None:
         fan.open_position("Z/9/0")
     with pytest.raises(KeyError, match="not a path inside"):
         fan.open_position("../x/0")
+
+
+def test_a_symlinked_snapshot_is_the_snapshot_it_names(store: Path) -> None:
+    """A snapshot reached through a symlink inside the store is the file the
+    workers mapped: fan-out opens and ``check="none"`` opens keep using it, with no
+    warning of a changed snapshot (warnings are errors in this suite)."""
+    chunk = store / ".snapmeta" / "0"
+    chunk.rename(store / ".snapmeta" / "kept")
+    chunk.symlink_to("kept")
+    _open.clear_cache()
+    fan = snapmeta.open_plate(store).fan_out()
+    for path in snapmeta.open_plate(store):
+        assert fan.open_position(path).channel_names == ("DAPI", "GFP")
+        assert snapmeta.open_position(store, path, check="none").from_snapshot
+    time.sleep(_open.IDENTITY_RECHECK_NS / 1e9)  # the next open stats the snapshot again
+    assert fan.open_position("A/1/0")[0].shape == (1, 2, 4, 64, 64)

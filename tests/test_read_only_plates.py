@@ -112,16 +112,20 @@ def shared_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_unprivileged_user_gets_a_clear_error(shared_tmp: Path) -> None:
+def run_as_nobody(script: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """``python -c script`` as uid/gid 65534; skips where that cannot run."""
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv(1) to run as an unprivileged user")
-    probe = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", ""],
-        capture_output=True,
-    )
-    if probe.returncode != 0:
+    command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c"]
+    if subprocess.run([*command, ""], capture_output=True).returncode != 0:
         pytest.skip("this Python cannot run as an unprivileged user (installed under /root)")
+    return subprocess.run(
+        [*command, script], capture_output=True, text=True, env={**os.environ, "HOME": str(home)}
+    )
+
+
+def test_unprivileged_user_gets_a_clear_error(shared_tmp: Path) -> None:
     tmp_path = shared_tmp
     plate = write_plate(tmp_path / "plate.zarr", rows=1, columns=2, data="none")
     for path in [tmp_path, *tmp_path.rglob("*")]:
@@ -142,16 +146,31 @@ def test_unprivileged_user_gets_a_clear_error(shared_tmp: Path) -> None:
         print(snapmeta.open_position({str(plate)!r}, "A/2/0", snapshot={str(out)!r}).channel_names)
         """
     )
-    run = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HOME": str(tmp_path)},
-    )
+    run = run_as_nobody(script, tmp_path)
     subprocess.run(["chmod", "-R", "u+w", str(plate)], check=True)
     assert run.returncode == 0, run.stderr
     assert "refused: Permission denied" in run.stdout
     assert "('DAPI', 'GFP')" in run.stdout
+
+
+def test_an_unreadable_snapshot_is_a_snapmeta_error(shared_tmp: Path) -> None:
+    """A snapshot directory the user may not enter gives SnapshotFormatError naming
+    the snapshot, not a bare PermissionError."""
+    plate = write_plate(shared_tmp / "plate.zarr", rows=1, columns=2, data="none")
+    snapmeta.build_snapshot(plate)
+    (plate / ".snapmeta").chmod(0o700)  # root's; the plate itself stays readable
+    script = textwrap.dedent(
+        f"""
+        import snapmeta
+        try:
+            snapmeta.open_position({str(plate)!r}, "A/1/0")
+        except snapmeta.SnapshotFormatError as exc:
+            print("refused:", exc.snapshot, exc.reason)
+        """
+    )
+    run = run_as_nobody(script, shared_tmp)
+    assert run.returncode == 0, run.stderr
+    assert f"refused: {plate}/.snapmeta/0 cannot be opened (Permission denied)" in run.stdout
 
 
 def test_full_disk(tmp_path: Path) -> None:

@@ -1803,3 +1803,37 @@ def test_chunk_confinement_by_either_walk(
     clear_cache()
     with pytest.raises(snapmeta.UnsafeStoreError, match="not a regular file"):
         snapmeta.open_position(store, "A/1/0")["0"][...]
+
+
+def test_a_refused_openat2_falls_back_on_the_first_read(
+    bases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a seccomp filter answers openat2 with EPERM, the very first chunk read
+    already takes the lstat walk (and every later one): data equal to zarr's."""
+    import ctypes
+    import errno
+
+    import numpy as np
+    import zarr
+
+    from snapmeta import _fsio
+
+    calls: list[int] = []
+
+    def refused(*args: Any) -> int:
+        calls.append(1)
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    store = tmp_path / "store"
+    shutil.copytree(bases["0.5"], store, symlinks=True)
+    level = store / "A/1/0/0"
+    written = zarr.open_array(level, mode="r+")
+    written[...] = np.arange(written.size, dtype=written.dtype).reshape(written.shape)
+    monkeypatch.setattr(_fsio, "_syscall", refused)
+    monkeypatch.setattr(_fsio, "_OPENAT2_NR", 437)
+    clear_cache()
+    for _ in range(2):
+        ours = snapmeta.open_position(store, "A/1/0")["0"][...]
+        np.testing.assert_array_equal(ours, zarr.open_array(level, mode="r")[...])
+    assert calls == [1]  # refused once, then not asked again

@@ -56,20 +56,18 @@ MAX_DEPTH = 200
 
 
 def _depth(value: Any) -> int:
-    """Nesting depth of a JSON value, without recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if type(node) is dict:
-            node = list(node.values())
-        elif type(node) is not list:
-            continue
-        deepest = max(deepest, depth)
-        if depth > MAX_DEPTH:
-            return depth
-        stack.extend((child, depth + 1) for child in node)
-    return deepest
+    """Nesting depth of a JSON value (containers only), level by level, without
+    recursion; stops counting past :data:`MAX_DEPTH`."""
+    depth = 0
+    level = [value] if type(value) in (dict, list) else []
+    while level and depth <= MAX_DEPTH:
+        depth += 1
+        deeper: list[Any] = []
+        for node in level:
+            children = node.values() if type(node) is dict else node
+            deeper.extend(c for c in children if type(c) in (dict, list))
+        level = deeper
+    return depth
 
 
 @dataclass(frozen=True, slots=True)
